@@ -1,0 +1,327 @@
+"""Typed configuration: dataclasses, presets, YAML loading and `key=value` overrides.
+
+One `Config` holds every section (`model`, `data`, `train`, `eval`). It is loaded from an optional
+YAML file, then `section.key=value` overrides from the command line are applied, and every value is
+validated against its dataclass field type. Errors name the bad key and the allowed keys/values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message names the key and what is allowed."""
+
+
+ARCHS = ("hrm", "transformer", "looped", "trm", "rins")
+ATTN_BACKENDS = ("auto", "sdpa", "flex", "fa3")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the network (SPEC section 2). `n_layers` is the total over both stacks for HRM."""
+
+    arch: Literal["hrm", "transformer", "looped", "trm", "rins"] = "hrm"
+    preset: str | None = None
+    vocab_size: int = 65536
+    hidden_size: int = 128
+    num_heads: int = 2
+    head_dim: int = 64
+    n_layers: int = 4
+    expansion: float = 4.0
+    mlp_multiple: int = 256
+    max_seq_len: int = 4096
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    # HRM recurrence
+    H_cycles: int = 2
+    L_cycles: int = 3
+    # Deep credit assignment: K recorded stack calls grows from bp_min_steps to bp_max_steps.
+    bp_min_steps: int = 2
+    bp_max_steps: int = 5
+    bp_warmup_ratio: float = 0.2
+    # Baselines
+    looped_cycles: int = 4
+    looped_bp_steps: int = 2
+    rins_L_cycles: int = 7
+    rins_bp_steps: int = 4
+    attn_backend: Literal["auto", "sdpa", "flex", "fa3"] = "auto"
+
+    @property
+    def intermediate_size(self) -> int:
+        raw = round(self.expansion * self.hidden_size * 2 / 3)
+        return int(math.ceil(raw / self.mlp_multiple) * self.mlp_multiple)
+
+    @property
+    def half_layers(self) -> int:
+        return self.n_layers // 2
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return int(math.ceil(self.vocab_size / 256) * 256)
+
+    def validate(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"model.arch={self.arch!r} is not one of {', '.join(ARCHS)}")
+        if self.attn_backend not in ATTN_BACKENDS:
+            raise ConfigError(f"model.attn_backend={self.attn_backend!r} is not one of {', '.join(ATTN_BACKENDS)}")
+        for name in ("vocab_size", "hidden_size", "num_heads", "head_dim", "n_layers", "H_cycles", "L_cycles"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1 (got {getattr(self, name)})")
+        if self.arch in ("hrm", "trm", "rins") and self.n_layers % 2:
+            raise ConfigError(f"model.n_layers={self.n_layers} must be even for arch={self.arch} (split between H and L)")
+        if not 1 <= self.bp_min_steps <= self.bp_max_steps:
+            raise ConfigError(
+                f"need 1 <= model.bp_min_steps <= model.bp_max_steps (got {self.bp_min_steps}, {self.bp_max_steps})"
+            )
+        if self.arch in ("hrm", "trm") and self.bp_min_steps < 2:
+            raise ConfigError("model.bp_min_steps must be >= 2 for hrm/trm (one H call and one L call)")
+        n_calls = self.H_cycles * (self.L_cycles + 1)
+        if self.arch in ("hrm", "trm") and self.bp_max_steps > n_calls:
+            raise ConfigError(f"model.bp_max_steps={self.bp_max_steps} exceeds the {n_calls} stack calls")
+        if not 0.0 <= self.bp_warmup_ratio <= 1.0:
+            raise ConfigError(f"model.bp_warmup_ratio must be in [0, 1] (got {self.bp_warmup_ratio})")
+
+
+# SPEC presets. `tiny` and `S` are ours (laptop CPU and small-GPU sizes); the rest are the paper's.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(n_layers=4, hidden_size=128, num_heads=2, head_dim=64, mlp_multiple=128, max_seq_len=512),
+    "S": dict(n_layers=14, hidden_size=512, num_heads=4, head_dim=128),
+    "B": dict(n_layers=12, hidden_size=1024, num_heads=8, head_dim=128),
+    "L": dict(n_layers=24, hidden_size=1280, num_heads=10, head_dim=128),
+    "XL": dict(n_layers=32, hidden_size=1536, num_heads=12, head_dim=128),
+    "XXL": dict(n_layers=72, hidden_size=1792, num_heads=14, head_dim=128),
+    "XXL_wide": dict(n_layers=32, hidden_size=2560, num_heads=20, head_dim=128),
+}
+
+
+def model_config(preset: str | None = None, **overrides: Any) -> ModelConfig:
+    """Build a ModelConfig from a preset name plus keyword overrides (validated)."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+        values["preset"] = preset
+    values.update(overrides)
+    cfg = _build(ModelConfig, values, "model")
+    cfg.validate()
+    return cfg
+
+
+@dataclass
+class DataConfig:
+    """Where training data lives and how it is batched (SPEC sections 3-4)."""
+
+    sampled_dir: str | None = None  # output of `hrm-text data sample`
+    tokenizer_dir: str | None = None
+    heldout_dir: str | None = None  # optional sampled held-out split for eval loss / exact-match
+    tokens_per_rank: int = 16384  # token budget of one packed row per rank per micro-step
+    num_workers: int = 1
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and run control (SPEC section 5)."""
+
+    out_dir: str = "runs/default"
+    init_from: str | None = None  # checkpoint dir (SFT / fine-tune)
+    init_from_ema: bool = True
+    lr: float = 2.2e-4
+    lr_warmup_steps: int = 2000
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_min_ratio: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.1
+    ema_decay: float = 0.9999
+    global_batch_tokens: int = 196608
+    max_steps: int | None = None
+    max_tokens: float | None = None
+    epochs: int | None = None
+    full_bp_from_start: bool = False  # SFT: K = bp_max_steps from step 1
+    dtype: Literal["bf16", "fp32"] = "bf16"
+    compile: bool = True
+    seed: int = 0
+    ckpt_every: int = 1000
+    ckpt_keep: int = 3
+    log_every: int = 10
+    eval_every: int = 0
+    eval_limit: int = 64
+    price_per_gpu_hour: float = 2.0
+    tensorboard: bool = True
+    wandb: bool = False
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    max_context: int = 3072
+    max_new_tokens: int = 512
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation machinery
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert `value` (from YAML or a CLI string) to type `tp`, or raise ConfigError naming `where`."""
+    origin = get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        args = get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of keys to values")
+        return _build(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{where} must be true or false (got {value!r})")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer (got {value!r})")
+        if isinstance(value, int):
+            return value
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be an integer (got {value!r})") from None
+        if not f.is_integer():
+            raise ConfigError(f"{where} must be an integer (got {value!r})")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number (got {value!r})")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a number (got {value!r})") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where} must be a string (got {value!r})")
+        return str(value)
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    types_ = _field_types(cls)
+    unknown = [k for k in values if k not in types_]
+    if unknown:
+        raise ConfigError(
+            f"unknown key {where}.{unknown[0]}; allowed keys in {where}: {', '.join(sorted(types_))}"
+        )
+    kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse a CLI value with YAML rules (so 1e-4, true, null, [1,2] work)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings onto a nested dict. `model.preset=XL` is allowed."""
+    sections = {f.name for f in dataclasses.fields(Config)}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.lr=3e-4)")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2 or parts[0] not in sections:
+            raise ConfigError(f"override key {key!r} must be section.key with section one of {', '.join(sorted(sections))}")
+        raw.setdefault(parts[0], {})[parts[1]] = _parse_scalar(text)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load YAML (optional), apply overrides, expand the model preset, validate everything."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections (model, data, train, eval)")
+        raw = loaded
+    raw = apply_overrides(raw, list(overrides or []))
+    sections = {f.name for f in dataclasses.fields(Config)}
+    for key in raw:
+        if key not in sections:
+            raise ConfigError(f"unknown section {key!r}; allowed sections: {', '.join(sorted(sections))}")
+    model_raw = dict(raw.get("model") or {})
+    preset = model_raw.pop("preset", None)
+    model = model_config(preset, **model_raw)
+    cfg = Config(
+        model=model,
+        data=_build(DataConfig, dict(raw.get("data") or {}), "data"),
+        train=_build(TrainConfig, dict(raw.get("train") or {}), "train"),
+        eval=_build(EvalConfig, dict(raw.get("eval") or {}), "eval"),
+    )
+    cfg.validate()
+    return cfg
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with `Config.to_dict()` (e.g. inside a checkpoint)."""
+    model_raw = dict(d.get("model") or {})
+    return Config(
+        model=_build(ModelConfig, model_raw, "model"),
+        data=_build(DataConfig, dict(d.get("data") or {}), "data"),
+        train=_build(TrainConfig, dict(d.get("train") or {}), "train"),
+        eval=_build(EvalConfig, dict(d.get("eval") or {}), "eval"),
+    )

@@ -1,0 +1,85 @@
+"""The packed batch: the one format every model, trainer, evaluator and engine consumes.
+
+A row is a flat token budget holding several whole examples back to back, then padding:
+
+    [<boq> <cond> instr... <eoq> resp... <eoa>] [<boq> ... <eoa>] ... [pad pad pad]
+
+For each position t:
+  input_ids[t]     the token
+  labels[t]        the token to predict at t (= input_ids[t+1] of the same example) when that next
+                   token is a response token (so `<eoq>` predicts the first response token and the
+                   token before `<eoa>` predicts `<eoa>`); -100 everywhere else
+  position_ids[t]  restarts at 0 for each example
+  doc_ids[t]       index of the example inside its row (0, 1, ...); -1 on padding
+  is_prefix[t]     True on instruction tokens (<boq> .. <eoq>): they attend bidirectionally
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # [B, T] int64
+    labels: torch.Tensor  # [B, T] int64, IGNORE_INDEX where no loss
+    position_ids: torch.Tensor  # [B, T] int64
+    doc_ids: torch.Tensor  # [B, T] int32, -1 on padding
+    is_prefix: torch.Tensor  # [B, T] bool
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PackedBatch":
+        return PackedBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+    def pin_memory(self) -> "PackedBatch":
+        return PackedBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return int((self.labels != IGNORE_INDEX).sum())
+
+    @property
+    def num_tokens(self) -> int:
+        return int((self.doc_ids >= 0).sum())
+
+
+Example = tuple[Sequence[int], Sequence[int]]  # (instruction part incl. boq/conds/eoq, response part incl. eoa)
+
+
+def pack_rows(rows: Sequence[Sequence[Example]], row_len: int, pad_id: int = 0) -> PackedBatch:
+    """Build a PackedBatch from rows of (instruction_ids, response_ids) examples.
+
+    Each row must fit in `row_len` tokens; the remainder is padding. This is the reference layout:
+    the multipack sampler decides which examples go in which row, this function lays them out.
+    """
+    B = len(rows)
+    input_ids = torch.full((B, row_len), pad_id, dtype=torch.long)
+    labels = torch.full((B, row_len), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((B, row_len), dtype=torch.long)
+    doc_ids = torch.full((B, row_len), -1, dtype=torch.int32)
+    is_prefix = torch.zeros((B, row_len), dtype=torch.bool)
+    for b, row in enumerate(rows):
+        cur = 0
+        for d, (inst, resp) in enumerate(row):
+            p, r = len(inst), len(resp)
+            n = p + r
+            if p < 1 or r < 1:
+                raise ValueError(f"row {b} example {d}: instruction and response need at least one token each")
+            if cur + n > row_len:
+                raise ValueError(f"row {b}: examples need {cur + n} tokens but the row holds {row_len}")
+            toks = torch.as_tensor(list(inst) + list(resp), dtype=torch.long)
+            input_ids[b, cur : cur + n] = toks
+            # position t predicts token t+1 when t+1 is a response token: targets are toks[p:]
+            labels[b, cur + p - 1 : cur + n - 1] = toks[p:]
+            position_ids[b, cur : cur + n] = torch.arange(n)
+            doc_ids[b, cur : cur + n] = d
+            is_prefix[b, cur : cur + p] = True
+            cur += n
+        # padding: positions continue from 0 so RoPE stays in range; no loss, own doc id -1
+        if cur < row_len:
+            position_ids[b, cur:] = torch.arange(row_len - cur)
+    return PackedBatch(input_ids, labels, position_ids, doc_ids, is_prefix)

@@ -1,0 +1,1 @@
+"""hrm_text.model"""
