@@ -1,0 +1,257 @@
+"""Adam-atan2 and the weight EMA (SPEC section 5).
+
+Adam-atan2 replaces Adam's `m / (sqrt(v) + eps)` with `atan2(m, sqrt(v))`. The update is bounded
+(|atan2| <= pi/2) and scale invariant without an epsilon, so there is no epsilon to tune and no
+blow-up when `v` is tiny (e.g. rarely seen embedding rows). The step, exactly as the SPEC:
+
+    p   *= 1 - lr * wd                                  # decoupled weight decay, first
+    m    = lerp(m, g, 1 - b1)
+    v    = b2 * v + (1 - b2) * g^2
+    p   -= lr / bc1 * atan2(m, sqrt(v) / sqrt(bc2))     # bc_i = 1 - b_i^t
+
+Only element-wise torch ops are used, so the same code runs on plain tensors and on the DTensor
+shards FSDP2 hands to the optimizer (each rank updates its own shard; no communication needed).
+State is kept in float32 (or float64 for float64 params, which the tests use) whatever the
+parameter dtype, so bf16 parameters would still accumulate moments in full precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+
+def _state_dtype(p: torch.Tensor) -> torch.dtype:
+    """Moments in at least float32: bf16/fp16 moments lose the small g^2 terms entirely."""
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
+class AdamAtan2(torch.optim.Optimizer):
+    """Adam with `atan2` in place of the epsilon-guarded division, decoupled weight decay.
+
+    `foreach=True` batches the element-wise ops over all tensors of one device/dtype with the
+    `torch._foreach_*` kernels (far fewer kernel launches on GPU); it computes the same operations in
+    the same order as the per-tensor path (there is no `_foreach_atan2`, so that one op runs per
+    tensor). `foreach=None` picks foreach on CUDA and the per-tensor path elsewhere.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 2.2e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.1,
+        foreach: bool | None = None,
+    ) -> None:
+        if lr < 0.0:
+            raise ValueError(f"learning rate must be >= 0 (got {lr})")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"betas must be in [0, 1) (got {betas})")
+        if weight_decay < 0.0:
+            raise ValueError(f"weight_decay must be >= 0 (got {weight_decay})")
+        defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach)
+        super().__init__(params, defaults)
+
+    def _init_state(self, p: torch.Tensor) -> dict[str, Any]:
+        state = self.state[p]
+        if len(state) == 0:
+            dt = _state_dtype(p)
+            # `step` is a CPU tensor (like torch.optim.Adam) so DCP saves and reshards it with the rest.
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=dt, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=dt, memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr = float(group["lr"])
+            b1, b2 = group["betas"]
+            wd = float(group["weight_decay"])
+            # Bucket by (device, param dtype, state dtype, step) so each bucket shares bias corrections.
+            buckets: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("AdamAtan2 does not support sparse gradients")
+                state = self._init_state(p)
+                state["step"] += 1
+                key = (p.device, p.dtype, state["exp_avg"].dtype, int(state["step"].item()))
+                buckets.setdefault(key, []).append(p)
+            for (device, pdtype, sdtype, step), params in buckets.items():
+                bc1 = 1.0 - b1**step
+                bc2 = 1.0 - b2**step
+                use_foreach = group["foreach"]
+                if use_foreach is None:
+                    use_foreach = device.type == "cuda"
+                fn = _step_foreach if use_foreach else _step_single
+                fn(
+                    params,
+                    [self.state[p]["exp_avg"] for p in params],
+                    [self.state[p]["exp_avg_sq"] for p in params],
+                    lr=lr, b1=b1, b2=b2, wd=wd, bc1=bc1, bc2=bc2,
+                )
+        return loss
+
+
+def _step_single(
+    params: list[torch.Tensor], exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
+    *, lr: float, b1: float, b2: float, wd: float, bc1: float, bc2: float,
+) -> None:
+    """Reference per-tensor update; every op is element-wise (DTensor-safe)."""
+    step_size = lr / bc1
+    sqrt_bc2 = math.sqrt(bc2)
+    for p, m, v in zip(params, exp_avgs, exp_avg_sqs):
+        # Work on a state-precision view of p so bf16 params still get fp32 arithmetic.
+        pw = p if p.dtype == m.dtype else p.to(m.dtype)
+        g = p.grad if p.grad.dtype == m.dtype else p.grad.to(m.dtype)
+        if wd != 0.0:
+            pw.mul_(1.0 - lr * wd)
+        m.lerp_(g, 1.0 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        denom = v.sqrt().div_(sqrt_bc2)
+        pw.add_(torch.atan2(m, denom), alpha=-step_size)
+        if pw is not p:
+            p.copy_(pw)
+
+
+def _step_foreach(
+    params: list[torch.Tensor], exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
+    *, lr: float, b1: float, b2: float, wd: float, bc1: float, bc2: float,
+) -> None:
+    """Multi-tensor version of `_step_single`: same ops, same order, batched launches."""
+    step_size = lr / bc1
+    sqrt_bc2 = math.sqrt(bc2)
+    cast = params[0].dtype != exp_avgs[0].dtype
+    pw = [p.to(exp_avgs[0].dtype) for p in params] if cast else list(params)
+    grads = [p.grad.to(exp_avgs[0].dtype) if p.grad.dtype != exp_avgs[0].dtype else p.grad for p in params]
+    if wd != 0.0:
+        torch._foreach_mul_(pw, 1.0 - lr * wd)
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - b1)
+    torch._foreach_mul_(exp_avg_sqs, b2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - b2)
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denoms, sqrt_bc2)
+    updates = [torch.atan2(m, d) for m, d in zip(exp_avgs, denoms)]
+    torch._foreach_add_(pw, updates, alpha=-step_size)
+    if cast:
+        torch._foreach_copy_(params, pw)
+
+
+def _clean_name(name: str) -> str:
+    """Parameter names without wrapper prefixes (torch.compile's `_orig_mod.`, DDP's `module.`),
+    so EMA keys match the model's canonical state-dict keys whatever wraps the model."""
+    for prefix in ("_orig_mod.", "module."):
+        name = name.replace(prefix, "")
+    return name
+
+
+class ModelEMA:
+    """Exponential moving average of a model's parameters, in float32, for evaluation and export.
+
+    `shadow = decay * shadow + (1 - decay) * param` after each optimizer step (SPEC: decay 0.9999 for
+    pretraining, 0.999 for SFT). The shadow tensors are created from the live parameters, so under
+    FSDP2 they are DTensor shards laid out like the parameters: the update is rank-local and the
+    state dict is sharded the same way, which is what DCP needs to save and reshard it.
+
+    `warmup=True` uses `min(decay, (1 + n) / (10 + n))` for the n-th update, so very short runs
+    (the CPU quickstart) get a useful average; the SPEC runs use the plain constant decay.
+    Buffers are not averaged (the model's buffers, e.g. `z_L_init`, are fixed).
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = False) -> None:
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1] (got {decay})")
+        self.decay = float(decay)
+        self.warmup = bool(warmup)
+        self.num_updates = 0
+        with torch.no_grad():
+            self.shadow: dict[str, torch.Tensor] = {
+                _clean_name(n): p.detach().to(torch.float32 if p.dtype != torch.float64 else p.dtype).clone()
+                for n, p in model.named_parameters()
+                if p.requires_grad
+            }
+
+    def _pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        params = {_clean_name(n): p for n, p in model.named_parameters() if p.requires_grad}
+        missing = set(self.shadow) - set(params)
+        extra = set(params) - set(self.shadow)
+        if missing or extra:
+            raise KeyError(f"EMA and model parameters differ: missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}")
+        names = list(self.shadow)
+        return [self.shadow[n] for n in names], [params[n] for n in names]
+
+    def current_decay(self) -> float:
+        """The decay the next `update` will use."""
+        if self.warmup:
+            n = self.num_updates
+            return min(self.decay, (1.0 + n) / (10.0 + n))
+        return self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold the current parameters into the average; call after every optimizer step."""
+        shadows, params = self._pairs(model)
+        decay = self.current_decay()
+        by_dtype: dict[tuple[Any, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for s, p in zip(shadows, params):
+            src = p.detach()
+            if src.dtype != s.dtype:
+                src = src.to(s.dtype)
+            group = by_dtype.setdefault((s.device, s.dtype), ([], []))
+            group[0].append(s)
+            group[1].append(src)
+        for s_list, p_list in by_dtype.values():
+            torch._foreach_lerp_(s_list, p_list, 1.0 - decay)
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Overwrite the model's parameters with the averaged ones (e.g. before export)."""
+        shadows, params = self._pairs(model)
+        for s, p in zip(shadows, params):
+            p.copy_(s)
+
+    @contextlib.contextmanager
+    def swap(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Evaluate with EMA weights inside the block; the training weights come back after, bitwise."""
+        shadows, params = self._pairs(model)
+        with torch.no_grad():
+            backup = [p.detach().clone() for p in params]
+            for s, p in zip(shadows, params):
+                p.copy_(s)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for b, p in zip(backup, params):
+                    p.copy_(b)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors only (plus a 0-d update counter) so DCP can save and reshard it as is."""
+        sd: dict[str, Any] = {f"shadow.{n}": t for n, t in self.shadow.items()}
+        sd["num_updates"] = torch.tensor(self.num_updates, dtype=torch.int64)
+        return sd
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        names = {k[len("shadow."):] for k in state_dict if k.startswith("shadow.")}
+        if names != set(self.shadow):
+            raise KeyError(
+                f"EMA state does not match the model: missing {sorted(set(self.shadow) - names)[:5]}, "
+                f"unexpected {sorted(names - set(self.shadow))[:5]}"
+            )
+        for n, t in self.shadow.items():
+            src = state_dict[f"shadow.{n}"]
+            if src is not t:
+                t.copy_(src)
+        self.num_updates = int(state_dict.get("num_updates", 0))
