@@ -239,3 +239,50 @@ def test_ema_names_ignore_compile_wrapper_prefix():
     ema = ModelEMA(wrapper)
     assert set(ema.shadow) == {n for n, _ in net.named_parameters()}
     ema.update(net)  # same canonical names: interchangeable
+
+
+# ----------------------------------------------------------------------------------------------
+# LR and deep-credit-assignment schedules
+
+from hrm_text.config import TrainConfig, model_config  # noqa: E402
+from hrm_text.train.schedule import bp_steps_at, lr_at  # noqa: E402
+
+
+def test_lr_warmup_then_constant():
+    cfg = TrainConfig(lr=2.2e-4, lr_warmup_steps=2000)
+    assert lr_at(1, cfg, 10_000) == pytest.approx(2.2e-4 / 2000, rel=1e-12)
+    assert lr_at(1000, cfg, 10_000) == pytest.approx(1.1e-4, rel=1e-12)
+    assert lr_at(2000, cfg, 10_000) == 2.2e-4
+    assert lr_at(9_999_999, cfg, 10_000) == 2.2e-4
+    assert lr_at(5, TrainConfig(lr=1e-3, lr_warmup_steps=0), 10) == 1e-3
+
+
+def test_lr_cosine_to_floor():
+    cfg = TrainConfig(lr=1.0, lr_warmup_steps=10, lr_schedule="cosine", lr_min_ratio=0.1)
+    assert lr_at(5, cfg, 110) == pytest.approx(0.5)
+    assert lr_at(10, cfg, 110) == pytest.approx(1.0)
+    assert lr_at(60, cfg, 110) == pytest.approx(0.55)
+    assert lr_at(35, cfg, 110) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert lr_at(110, cfg, 110) == pytest.approx(0.1)
+    assert lr_at(500, cfg, 110) == pytest.approx(0.1)
+    values = [lr_at(s, cfg, 110) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_bp_steps_exact_values():
+    cfg = model_config("tiny", bp_min_steps=2, bp_max_steps=5, bp_warmup_ratio=0.2)
+    # ratio * total = 200: K = 2 + int(step / 200 * 3)
+    expected = {0: 2, 1: 2, 66: 2, 67: 3, 133: 3, 134: 4, 199: 4, 200: 5, 1000: 5, 5000: 5}
+    assert {s: bp_steps_at(s, 1000, cfg) for s in expected} == expected
+    assert all(
+        bp_steps_at(s, 1000, cfg) == 2 + int(min(1.0, s / (0.2 * 1000)) * 3) for s in range(0, 1001)
+    )
+
+
+def test_bp_steps_full_from_start_and_guards():
+    cfg = model_config("tiny", bp_min_steps=2, bp_max_steps=5, bp_warmup_ratio=0.2)
+    assert bp_steps_at(1, 1000, cfg, full_from_start=True) == 5
+    assert bp_steps_at(1, 0, cfg) == 5  # unknown length: no warm-up to follow
+    assert bp_steps_at(1, 1000, model_config("tiny", bp_warmup_ratio=0.0, bp_max_steps=5)) == 5
+    same = model_config("tiny", bp_min_steps=3, bp_max_steps=3)
+    assert {bp_steps_at(s, 100, same) for s in range(0, 101)} == {3}
