@@ -94,7 +94,7 @@ class ModelConfig:
 
 # SPEC presets. `tiny` and `S` are ours (laptop CPU and small-GPU sizes); the rest are the paper's.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(n_layers=4, hidden_size=128, num_heads=2, head_dim=64, mlp_multiple=128, max_seq_len=512),
+    "tiny": dict(n_layers=4, hidden_size=128, num_heads=2, head_dim=64, mlp_multiple=128, max_seq_len=512, vocab_size=2048),
     "S": dict(n_layers=14, hidden_size=512, num_heads=4, head_dim=128),
     "B": dict(n_layers=12, hidden_size=1024, num_heads=8, head_dim=128),
     "L": dict(n_layers=24, hidden_size=1280, num_heads=10, head_dim=128),

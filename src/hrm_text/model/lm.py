@@ -1,0 +1,111 @@
+"""The language model: recurrent core + untied head + the response-only loss.
+
+    model = HRMTextLM(model_config("tiny", vocab_size=1024))
+    out = model.loss(batch, bp_steps=K)      # batch: hrm_text.data.batch.PackedBatch
+    logits = model(input_ids, position_ids, mask)
+
+State dict keys are transformers' on-disk `hrm_text` keys for the HRM architecture
+(`model.embed_tokens.weight`, `model.{H,L}_module.layers.N.attn.gqkv_proj.weight`, ...,
+`model.z_L_init`, `lm_head.weight`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hrm_text.config import ModelConfig
+from hrm_text.data.batch import IGNORE_INDEX, PackedBatch
+from hrm_text.model.attention import AttnMask, build_prefix_lm_mask
+from hrm_text.model.hrm import RecurrentCore
+from hrm_text.model.kv_cache import StaticKVCache
+from hrm_text.model.layers import Block, trunc_normal_
+
+
+@dataclass
+class LossOutput:
+    loss_sum: torch.Tensor  # fp32 scalar: summed cross-entropy over response tokens (differentiable)
+    num_tokens: torch.Tensor  # number of response (loss) tokens
+    num_correct: torch.Tensor  # argmax == label count (token accuracy numerator)
+
+
+class HRMTextLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, init: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.model = RecurrentCore(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.padded_vocab_size, bias=False)
+        if init:
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.model.reset_parameters()
+        trunc_normal_(self.lm_head.weight, 1.0 / math.sqrt(self.cfg.hidden_size))
+
+    def blocks(self) -> list[Block]:
+        """The units FSDP2 shards one by one (and activation checkpointing would wrap)."""
+        return [m for m in self.modules() if isinstance(m, Block)]
+
+    def build_mask(self, doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> AttnMask:
+        return build_prefix_lm_mask(doc_ids, is_prefix, self.cfg.attn_backend)
+
+    @property
+    def num_cache_slots(self) -> int:
+        return self.model.schedule.num_cache_slots
+
+    def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> StaticKVCache:
+        p = self.lm_head.weight
+        return StaticKVCache(
+            self.num_cache_slots, batch_size, self.cfg.num_heads, max_len, self.cfg.head_dim,
+            dtype=dtype or p.dtype, device=device or p.device,
+        )
+
+    def hidden(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        mask: AttnMask,
+        bp_steps: int | None = None,
+        cache: StaticKVCache | None = None,
+        cache_positions: torch.Tensor | None = None,
+        cache_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.model(input_ids, position_ids, mask, bp_steps, cache, cache_positions, cache_rows)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        mask: AttnMask,
+        bp_steps: int | None = None,
+        cache: StaticKVCache | None = None,
+        cache_positions: torch.Tensor | None = None,
+        cache_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, T, padded_vocab]."""
+        return self.lm_head(self.hidden(input_ids, position_ids, mask, bp_steps, cache, cache_positions, cache_rows))
+
+    def loss(self, batch: PackedBatch, bp_steps: int | None = None, mask: AttnMask | None = None) -> LossOutput:
+        """Response-only cross-entropy (SPEC section 3), summed; the caller normalises."""
+        if mask is None:
+            mask = self.build_mask(batch.doc_ids, batch.is_prefix)
+        h = self.hidden(batch.input_ids, batch.position_ids, mask, bp_steps)
+        return response_loss(h, self.lm_head, batch.labels)
+
+
+def response_loss(h: torch.Tensor, head: nn.Linear, labels: torch.Tensor, chunk: int = 4096) -> LossOutput:
+    """Cross-entropy over labelled positions, computed in float32 chunk by chunk along time so the
+    full [T, vocab] float32 logits never exist at once."""
+    B, T, _ = h.shape
+    losses, corrects = [], []
+    for s in range(0, T, chunk):
+        logits = head(h[:, s : s + chunk]).float()
+        lab = labels[:, s : s + chunk]
+        losses.append(F.cross_entropy(logits.flatten(0, 1), lab.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"))
+        corrects.append(((logits.argmax(-1) == lab) & (lab != IGNORE_INDEX)).sum())
+    n = (labels != IGNORE_INDEX).sum()
+    return LossOutput(torch.stack(losses).sum(), n, torch.stack(corrects).sum())
