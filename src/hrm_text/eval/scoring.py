@@ -58,13 +58,15 @@ _MAX_SYMBOLIC_CHARS = 400  # longer answers skip sympy (parsing can blow up) and
 # \boxed{...} extraction
 
 
-def _match_brace(text: str, open_idx: int) -> int:
-    """Index of the `}` closing the `{` at `open_idx`, or -1 when unbalanced.
+def _brace_pairs(text: str) -> dict[int, int]:
+    """Map each `{` index to its closing `}` index, in one linear pass; unclosed braces are absent.
 
     Escaped braces (`\\{`, `\\}`) are content, not structure: `\\boxed{\\{1,2\\}}` is the set {1,2}.
+    One pass (not a scan per box) keeps a generation of thousands of unclosed boxes linear.
     """
-    depth = 0
-    i = open_idx
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    i = 0
     n = len(text)
     while i < n:
         c = text[i]
@@ -72,16 +74,34 @@ def _match_brace(text: str, open_idx: int) -> int:
             i += 2  # skip the escaped character, whatever it is
             continue
         if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
+            stack.append(i)
+        elif c == "}" and stack:
+            pairs[stack.pop()] = i
         i += 1
-    return -1
+    return pairs
 
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
+_BOX_START = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+
+def _unwrap_box(content: str) -> str:
+    """`\\boxed{\\boxed{5}}` -> `5`: peel boxes that wrap the whole content (iteratively, so
+    deeply nested garbage cannot exhaust the recursion limit)."""
+    for _ in range(100):
+        stripped = content.strip()
+        m = _BOX_START.match(stripped)
+        if not m:
+            break
+        j = m.end()
+        while j < len(stripped) and stripped[j] == " ":
+            j += 1
+        if j >= len(stripped) or stripped[j] != "{":
+            break
+        close = _brace_pairs(stripped).get(j, -1)
+        if close != len(stripped) - 1:
+            break
+        content = stripped[j + 1 : close]
+    return content.strip()
 
 
 def extract_boxed_all(text: Any) -> list[str]:
@@ -93,39 +113,34 @@ def extract_boxed_all(text: Any) -> list[str]:
     """
     if not isinstance(text, str) or not text:
         return []
+    pairs: dict[int, int] | None = None
     found: list[str] = []
     pos = 0
     n = len(text)
     while True:
-        starts = [(text.find(cmd, pos), cmd) for cmd in _BOX_COMMANDS]
-        starts = [(i, cmd) for i, cmd in starts if i >= 0]
-        if not starts:
+        m = _BOX_START.search(text, pos)
+        if not m:
             break
-        start, cmd = min(starts)
-        j = start + len(cmd)
-        if j < n and (text[j].isalpha()):  # e.g. \boxedfoo is another macro
-            pos = j
-            continue
+        j = m.end()
         while j < n and text[j] == " ":
             j += 1
         if j < n and text[j] == "{":
-            end = _match_brace(text, j)
+            if pairs is None:
+                pairs = _brace_pairs(text)
+            end = pairs.get(j, -1)
             if end < 0:
                 pos = j + 1
                 continue
             content = text[j + 1 : end]
             pos = end + 1
         else:
-            m = re.match(r"[^\s$]+", text[j:])
-            if not m or j == start + len(cmd):  # brace-less form needs a separating space
+            bare = re.match(r"[^\s$]+", text[j:])
+            if not bare or j == m.end():  # the brace-less form needs a separating space
                 pos = j
                 continue
-            content = m.group(0)
-            pos = j + m.end()
-        inner = extract_boxed_all(content)
-        if inner and content.strip().startswith(_BOX_COMMANDS):
-            content = inner[-1]
-        found.append(content.strip())
+            content = bare.group(0)
+            pos = j + bare.end()
+        found.append(_unwrap_box(content))
     return found
 
 
