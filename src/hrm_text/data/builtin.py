@@ -1,0 +1,447 @@
+"""`hrm-text data builtin`: an instruction-response corpus that needs no network.
+
+Why: a first run (and CI) must work on an offline laptop, and its held-out sets must measure
+something a small model can actually learn in minutes. Three generators, all deterministic given
+the seed (each chunk of work has its own seed, so the result does not depend on the worker count):
+
+* Arithmetic. Quickstart: a + b and a - b with 1-3 digit operands (digit count uniform per
+  operand, subtraction ordered so the result is >= 0), prompt `123+45=`, response just the number.
+  Every problem is assigned to train or held-out by a hash of its text (2% held out), so the
+  same-distribution held-out set contains only problems the train file never has. A second held-out
+  set uses longer operands (length generalisation). Larger sizes use more digits.
+* DeepMind mathematics (PyPI `mathematics-dataset` 1.0.1). Train modules are per-module train
+  files; the package's `interpolate` and `extrapolate` regimes are held out. The package predates
+  numpy 2 and current sympy; `_dm_init` installs shims (see docs/DATA.md): the sympy diophantine
+  attribute, `np.object`, and `ndarray.itemset` (via an ndarray subclass used only inside the
+  package's polynomial sampler), so all 56 train modules run. A train question that also occurs in
+  a held-out set is removed.
+* Sudoku 9x9. Solved grids come from `py-sudoku` (seeded); cells are removed in random order while
+  the puzzle keeps exactly one solution (checked with our own bitmask solver; py-sudoku's own
+  blanking often leaves several solutions, which would make exact-match scoring meaningless).
+  Train puzzles keep 34-45 givens; the held-out hard split keeps 24-30 givens and uses disjoint seeds.
+
+Layout (see `builtin_heldout_files`):
+
+    OUT/train/arith.jsonl
+    OUT/train/dm_math/<module>.jsonl
+    OUT/train/sudoku.jsonl
+    OUT/heldout/arith_test.jsonl            same distribution as train, unseen problems
+    OUT/heldout/arith_long.jsonl            longer operands
+    OUT/heldout/dm_math_interpolate.jsonl   all modules, with a "module" field
+    OUT/heldout/dm_math_extrapolate.jsonl
+    OUT/heldout/sudoku_hard.jsonl
+    OUT/builtin.json                        size, seed, row counts, shims/skips
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BuiltinSize:
+    arith_train: int
+    arith_test: int
+    arith_long: int
+    arith_digits: tuple[int, int]  # operand digit range of train / test
+    arith_long_digits: tuple[int, int]
+    dm_train_per_module: int
+    dm_test_per_module: int
+    sudoku_train: int
+    sudoku_hard: int
+
+
+SIZES: dict[str, BuiltinSize] = {
+    # a few MB, < 30 s on 2 cores; learnable by a ~1.5M-parameter model in minutes
+    "quickstart": BuiltinSize(100_000, 1_000, 1_000, (1, 3), (4, 5), 30, 6, 200, 50),
+    "small": BuiltinSize(1_000_000, 2_000, 2_000, (1, 5), (6, 8), 2_000, 200, 5_000, 500),
+    "medium": BuiltinSize(5_000_000, 5_000, 5_000, (1, 8), (9, 12), 20_000, 1_000, 50_000, 1_000),
+    "full": BuiltinSize(20_000_000, 10_000, 10_000, (1, 10), (11, 15), 200_000, 10_000, 1_000_000, 10_000),
+}
+
+ARITH_HELDOUT_MODULO = 50  # crc32(problem) % 50 == 0 -> held-out partition (2%)
+CHUNK = 2_000  # rows per parallel task
+
+
+def _seed(*parts: Any) -> int:
+    return zlib.crc32(json.dumps(parts).encode()) & 0x7FFFFFFF
+
+
+# ------------------------------------------------------------------------------------------------
+# arithmetic
+
+
+def _arith_problem(rng: random.Random, digits: tuple[int, int]) -> tuple[str, str]:
+    def operand() -> int:
+        d = rng.randint(digits[0], digits[1])
+        return rng.randint(0 if d == 1 else 10 ** (d - 1), 10**d - 1)
+
+    a, b = operand(), operand()
+    if rng.random() < 0.5:
+        return f"{a}+{b}=", str(a + b)
+    if a < b:
+        a, b = b, a
+    return f"{a}-{b}=", str(a - b)
+
+
+def _is_heldout_problem(text: str) -> bool:
+    return zlib.crc32(text.encode()) % ARITH_HELDOUT_MODULO == 0
+
+
+def _arith_chunk(args: tuple[int, str, int, tuple[int, int]]) -> list[dict[str, str]]:
+    seed, split, n, digits = args
+    rng = random.Random(seed)
+    rows = []
+    seen: set[str] = set()
+    while len(rows) < n:
+        q, a = _arith_problem(rng, digits)
+        if split == "train" and _is_heldout_problem(q):
+            continue
+        if split == "test":
+            if not _is_heldout_problem(q) or q in seen:
+                continue
+            seen.add(q)
+        if split == "long" and q in seen:
+            continue
+        if split == "long":
+            seen.add(q)
+        rows.append({"condition": "direct", "instruction": q, "response": a})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# DeepMind mathematics
+
+_DM = None
+BROKEN_ON_NUMPY2 = "np.object and ndarray.itemset removed in numpy 2 (used by mathematics_dataset.sample.polynomials)"
+
+
+class _ItemsetArray(np.ndarray):
+    """ndarray with the `itemset` method numpy 2 removed (only used inside the DM package)."""
+
+    def itemset(self, index: Any, value: Any) -> None:
+        if not isinstance(index, tuple):
+            index = np.unravel_index(index, self.shape) if self.ndim > 1 else (index,)
+        # a full index tuple stores the object itself (a list stays a list in object arrays)
+        np.ndarray.__setitem__(self, tuple(int(i) for i in index), value)
+
+
+class _NumpyShim:
+    """Stands in for `numpy` inside mathematics_dataset.sample.polynomials."""
+
+    object = object
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+    @staticmethod
+    def zeros(*a: Any, **k: Any) -> np.ndarray:
+        return np.zeros(*a, **k).view(_ItemsetArray)
+
+    @staticmethod
+    def empty(*a: Any, **k: Any) -> np.ndarray:
+        return np.empty(*a, **k).view(_ItemsetArray)
+
+
+def _dm_init() -> Any:
+    """Import mathematics_dataset with the shims (idempotent, per process)."""
+    global _DM
+    if _DM is not None:
+        return _DM
+    import importlib
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    import sympy.solvers.diophantine  # noqa: F401
+
+    mod = sys.modules["sympy.solvers.diophantine"]
+    if not hasattr(mod, "base_solution_linear"):
+        mod.base_solution_linear = importlib.import_module("sympy.solvers.diophantine.diophantine").base_solution_linear
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(["hrm-text"], known_only=True)
+    from mathematics_dataset import generate
+    from mathematics_dataset.sample import polynomials
+
+    polynomials.np = _NumpyShim()
+    generate.init_modules()
+    _DM = generate
+    return generate
+
+
+def dm_module_names() -> dict[str, list[str]]:
+    g = _dm_init()
+    return {regime: list(mods) for regime, mods in g.filtered_modules.items()}
+
+
+def _dm_chunk(args: tuple[int, str, str, int]) -> tuple[list[dict[str, str]], str | None]:
+    seed, regime, module, n = args
+    g = _dm_init()
+    fn = g.filtered_modules[regime][module]
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    rows = []
+    try:
+        for _ in range(n):
+            problem, _ = g.sample_from_module(fn)
+            rows.append({"condition": "direct", "instruction": str(problem.question), "response": str(problem.answer), "module": module})
+    except Exception as e:  # a module broken on this stack: reported, skipped
+        return rows, f"{type(e).__name__}: {str(e)[:200]}"
+    return rows, None
+
+
+# ------------------------------------------------------------------------------------------------
+# Sudoku
+
+_ALL = 0x1FF
+_PEERS: list[list[int]] = []
+for _c in range(81):
+    _r, _k = divmod(_c, 9)
+    _b = (_r // 3) * 3 * 9 + (_k // 3) * 3
+    _p = {_r * 9 + i for i in range(9)} | {i * 9 + _k for i in range(9)} | {_b + i * 9 + j for i in range(3) for j in range(3)}
+    _p.discard(_c)
+    _PEERS.append(sorted(_p))
+
+
+def count_solutions(grid: list[int], limit: int = 2) -> int:
+    """Number of solutions of a 9x9 grid (0 = empty), stopping at `limit`. Bitmask DFS with MRV."""
+    cand = [0] * 81
+    g = list(grid)
+    for c in range(81):
+        if g[c] == 0:
+            used = 0
+            for p in _PEERS[c]:
+                if g[p]:
+                    used |= 1 << (g[p] - 1)
+            cand[c] = _ALL & ~used
+            if cand[c] == 0:
+                return 0
+        elif any(g[p] == g[c] for p in _PEERS[c]):
+            return 0
+
+    count = 0
+
+    def solve() -> bool:
+        nonlocal count
+        best, bc = -1, 10
+        for c in range(81):
+            if g[c] == 0:
+                used = 0
+                for p in _PEERS[c]:
+                    if g[p]:
+                        used |= 1 << (g[p] - 1)
+                m = _ALL & ~used
+                n = bin(m).count("1")
+                if n < bc:
+                    best, bc = c, n
+                    cand[c] = m
+                    if n <= 1:
+                        break
+                else:
+                    cand[c] = m
+        if best < 0:
+            count += 1
+            return count >= limit
+        m = cand[best]
+        while m:
+            bit = m & -m
+            m ^= bit
+            g[best] = bit.bit_length()
+            if solve():
+                g[best] = 0
+                return True
+        g[best] = 0
+        return False
+
+    solve()
+    return count
+
+
+def _sudoku_puzzle(seed: int, givens: tuple[int, int]) -> tuple[str, str]:
+    from sudoku import Sudoku
+
+    solved = Sudoku(3, seed=seed).solve().board
+    sol = [v for row in solved for v in row]
+    rng = random.Random(seed)
+    target = rng.randint(*givens)
+    grid = list(sol)
+    order = list(range(81))
+    rng.shuffle(order)
+    filled = 81
+    for c in order:
+        if filled <= target:
+            break
+        v = grid[c]
+        grid[c] = 0
+        if count_solutions(grid, 2) != 1:
+            grid[c] = v
+        else:
+            filled -= 1
+    fmt = lambda g: "\n".join("".join(str(x) if x else "." for x in g[r * 9 : r * 9 + 9]) for r in range(9))  # noqa: E731
+    return fmt(grid), fmt(sol)
+
+
+def _sudoku_chunk(args: tuple[int, str, int]) -> list[dict[str, str]]:
+    seed, split, n = args
+    givens = (24, 30) if split == "hard" else (34, 45)
+    rows = []
+    for i in range(n):
+        q, a = _sudoku_puzzle(seed + i, givens)
+        rows.append({"condition": "direct", "instruction": "Solve this sudoku (. = empty):\n" + q, "response": a})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# driver
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".jsonl.tmp")
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def _chunks(total: int, size: int = CHUNK) -> list[int]:
+    return [min(size, total - i) for i in range(0, total, size)]
+
+
+def _dm_chunk_size(n: int) -> int:
+    """Small chunks for small counts: a few DM modules take ~0.5 s per sample, and one task per
+    module would leave the other cores idle behind them."""
+    return max(2, min(500, n // 4))
+
+
+def builtin_heldout_files(corpus_dir: str | os.PathLike) -> dict[str, Path]:
+    """Held-out evaluation files of a builtin corpus: name -> path (only those that exist)."""
+    d = Path(corpus_dir) / "heldout"
+    names = ("arith_test", "arith_long", "dm_math_interpolate", "dm_math_extrapolate", "sudoku_hard")
+    return {n: d / f"{n}.jsonl" for n in names if (d / f"{n}.jsonl").is_file()}
+
+
+def builtin_train_dir(corpus_dir: str | os.PathLike) -> Path:
+    """The folder to pass to `hrm-text data tokenize` (train files only)."""
+    return Path(corpus_dir) / "train"
+
+
+def write_builtin_corpus(
+    out_dir: str | os.PathLike,
+    size: str = "quickstart",
+    seed: int = 0,
+    workers: int | None = None,
+    parts: Iterable[str] = ("arith", "dm_math", "sudoku"),
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    """Generate the builtin corpus into `out_dir`; returns the manifest written to builtin.json.
+
+    `progress(stage, rows)` is called as chunks complete (for a progress bar).
+    """
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    parts = tuple(parts)
+    for p in parts:
+        if p not in ("arith", "dm_math", "sudoku"):
+            raise ValueError(f"unknown part {p!r}; parts: arith, dm_math, sudoku")
+    S = SIZES[size]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    workers = workers or min(os.cpu_count() or 1, 16)
+    t0 = time.time()
+    manifest: dict[str, Any] = {"size": size, "seed": seed, "spec": asdict(S), "files": {}, "dm_math_failed_modules": {}}
+    tick = progress or (lambda stage, n: None)
+
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    timings: dict[str, float] = {}
+
+    def run(fn: Callable, tasks: list, stage: str) -> Iterator[Any]:
+        t = time.time()
+        results = pool.map(fn, tasks) if pool is not None and len(tasks) > 1 else map(fn, tasks)
+        for r in results:
+            tick(stage, len(r[0]) if isinstance(r, tuple) else len(r))
+            yield r
+        timings[stage] = round(time.time() - t, 1)
+
+    try:
+        _generate(out, S, seed, parts, manifest, run)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    manifest["stage_seconds"] = timings
+    manifest["seconds"] = round(time.time() - t0, 1)
+    (out / "builtin.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _generate(out: Path, S: BuiltinSize, seed: int, parts: tuple[str, ...], manifest: dict[str, Any], run: Callable) -> None:
+    def flat(results: Iterable[list[dict[str, str]]]) -> Iterator[dict[str, str]]:
+        for rows in results:
+            yield from rows
+
+    if "arith" in parts:
+        tasks = [(_seed(seed, "arith", "train", i), "train", n, S.arith_digits) for i, n in enumerate(_chunks(S.arith_train, 50_000))]
+        manifest["files"]["train/arith.jsonl"] = _write_jsonl(out / "train/arith.jsonl", flat(run(_arith_chunk, tasks, "arith")))
+        manifest["files"]["heldout/arith_test.jsonl"] = _write_jsonl(
+            out / "heldout/arith_test.jsonl", _arith_chunk((_seed(seed, "arith", "test"), "test", S.arith_test, S.arith_digits))
+        )
+        manifest["files"]["heldout/arith_long.jsonl"] = _write_jsonl(
+            out / "heldout/arith_long.jsonl", _arith_chunk((_seed(seed, "arith", "long"), "long", S.arith_long, S.arith_long_digits))
+        )
+    if "sudoku" in parts:
+        hard = list(flat(run(_sudoku_chunk, [(10**9 + _seed(seed, "sudoku_hard") % 10**8 + i * CHUNK, "hard", n) for i, n in enumerate(_chunks(S.sudoku_hard, 25))], "sudoku_hard")))
+        hard_q = {r["instruction"] for r in hard}
+        manifest["files"]["heldout/sudoku_hard.jsonl"] = _write_jsonl(out / "heldout/sudoku_hard.jsonl", hard)
+        base = (_seed(seed, "sudoku") % 10**8) * 100
+        tasks = [(base + i * 100, "train", n) for i, n in enumerate(_chunks(S.sudoku_train, 100))]
+        manifest["files"]["train/sudoku.jsonl"] = _write_jsonl(
+            out / "train/sudoku.jsonl", (r for r in flat(run(_sudoku_chunk, tasks, "sudoku")) if r["instruction"] not in hard_q)
+        )
+    if "dm_math" in parts:
+        names = dm_module_names()
+        held_q: set[str] = set()
+        for regime in ("interpolate", "extrapolate"):
+            tasks = [(_seed(seed, "dm", regime, m, i), regime, m, n) for m in names[regime] for i, n in enumerate(_chunks(S.dm_test_per_module, _dm_chunk_size(S.dm_test_per_module)))]
+            rows = []
+            for (r, err), t in zip(run(_dm_chunk, tasks, f"dm_{regime}"), tasks):
+                rows.extend(r)
+                if err:
+                    manifest["dm_math_failed_modules"][f"{regime}/{t[2]}"] = err
+            held_q |= {r["instruction"] for r in rows}
+            manifest["files"][f"heldout/dm_math_{regime}.jsonl"] = _write_jsonl(out / f"heldout/dm_math_{regime}.jsonl", rows)
+        tasks = [(_seed(seed, "dm", "train", m, i), "train", m, n) for m in names["train"] for i, n in enumerate(_chunks(S.dm_train_per_module, _dm_chunk_size(S.dm_train_per_module)))]
+        removed = 0
+        # tasks are ordered by module, so each module's file is written once its chunks are in
+        results = run(_dm_chunk, tasks, "dm_train")
+        current, buf = None, []
+        for (rows, err), t in zip(results, tasks):
+            if err:
+                manifest["dm_math_failed_modules"][f"train/{t[2]}"] = err
+            if t[2] != current and current is not None and buf:
+                manifest["files"][f"train/dm_math/{current}.jsonl"] = _write_jsonl(out / f"train/dm_math/{current}.jsonl", buf)
+                buf = []
+            current = t[2]
+            for r in rows:
+                if r["instruction"] in held_q:
+                    removed += 1
+                    continue
+                buf.append(r)
+        if current is not None and buf:
+            manifest["files"][f"train/dm_math/{current}.jsonl"] = _write_jsonl(out / f"train/dm_math/{current}.jsonl", buf)
+        manifest["dm_math_train_removed_overlap"] = removed
