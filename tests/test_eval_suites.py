@@ -375,3 +375,17 @@ def test_report_cli(tmp_path: Path, original_items: list[EvalItem], capsys: pyte
     assert "Average (8)" not in out  # partial runs get no average
     with pytest.raises(FileNotFoundError):
         R.load_reference(str(tmp_path / "missing.json"))
+
+
+def test_builtin_corpus_folder_uses_heldout_per_module() -> None:
+    """A corpus folder: only heldout/ files count, and DeepMind-math files split by `module`."""
+    items = builtin_items(FIXTURES / "builtin_corpus")
+    assert {it.group for it in items} == {
+        "arith_long", "dm_math_interpolate/algebra__linear_1d", "dm_math_interpolate/numbers__div_remainder"}
+    assert all("TRAIN ROW" not in it.instruction for it in items)
+    limited = builtin_items(FIXTURES / "builtin_corpus", limit=2)
+    dm = [it.group for it in limited if it.group.startswith("dm_math")]
+    assert sorted(dm) == ["dm_math_interpolate/algebra__linear_1d", "dm_math_interpolate/numbers__div_remainder"]
+    res = run_suite(items, lambda pairs: ["3"] * len(pairs)).benchmarks["builtin"]
+    assert res.groups["dm_math_interpolate/algebra__linear_1d"]["exact"] == 50.0
+    assert res.score == pytest.approx(50.0 / 3)

@@ -872,6 +872,8 @@ def _builtin_files(corpus: str | Path | Mapping[str, str | Path]) -> dict[str, P
     except Exception:
         files = {}
     if not files:
+        if (path / "heldout").is_dir():  # a whole corpus folder: only its held-out part
+            path = path / "heldout"
         for p in sorted(path.rglob("*")):
             if p.is_file() and p.suffix.lower() in (".jsonl", ".parquet"):
                 files[str(p.relative_to(path).with_suffix(""))] = p
@@ -888,9 +890,11 @@ def builtin_items(
 ) -> list[EvalItem]:
     """Items of the built-in suite: every row of every held-out file, scored by exact match.
 
-    `corpus` is a folder of held-out files, one file, or a mapping name -> path (e.g. the result of
-    `hrm_text.data.builtin.builtin_heldout_files`). Each file is one group (module) and is
-    reported separately; `limit` caps rows per file. `max_new_tokens` is the reference's length in
+    `corpus` is a corpus folder (its `heldout/` part is used), a folder of held-out files, one
+    file, or a mapping name -> path (e.g. `hrm_text.data.builtin.builtin_heldout_files(dir)`).
+    Each file is a group, split further by the rows' `module` field when present (DeepMind
+    mathematics files hold every module), so results are reported per module. `limit` caps rows
+    per file, taken round-robin over its modules. `max_new_tokens` is the reference's length in
     bytes plus a margin: a token is at least one byte, so a correct answer always fits, and a
     model that rambles is cut early instead of wasting the run.
     """
@@ -899,19 +903,21 @@ def builtin_items(
         if not path.is_file():
             raise MissingBenchmarkData(f"built-in held-out file {name!r} not found: {path}")
         rows = _read_rows(path)
-        if limit is not None and limit >= 0:
-            rows = rows[:limit]
         for i, row in enumerate(rows):
+            row["_index"] = i
+        rows = _apply_limit(rows, limit, key=lambda r: str(r.get("module") or ""))
+        for row in rows:
             response = str(row.get("response", ""))
+            module = str(row.get("module") or "")
             items.append(EvalItem(
                 benchmark="builtin",
-                id=f"{name}:{i}",
+                id=f"{name}:{row['_index']}",
                 condition=str(row.get("condition") or "direct"),
                 instruction=str(row.get("instruction", "")),
                 reference=response.strip(),
                 n_choices=None,
                 max_new_tokens=len(response.strip().encode("utf-8")) + 8,
-                group=name,
+                group=f"{name}/{module}" if module else name,
                 n_shots=0,
                 max_context=4096,
             ))
