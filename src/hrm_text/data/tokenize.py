@@ -115,7 +115,8 @@ def file_sha256(path: Path) -> str:
 
 @dataclass
 class Options:
-    """Reading options; part of each entry's fingerprint so changing them re-tokenizes."""
+    """Reading options; part of each entry's fingerprint so changing them re-tokenizes (a `--strict`
+    re-run therefore re-validates files that were accepted leniently before)."""
 
     columns: str | None = None
     default_condition: str = "direct"
@@ -124,7 +125,7 @@ class Options:
     chunk_rows: int = 4096
 
     def fingerprint(self) -> str:
-        return json.dumps([self.columns, self.default_condition, self.think], sort_keys=True)
+        return json.dumps([self.columns, self.default_condition, self.think, self.strict], sort_keys=True)
 
 
 def entry_dirname(name: str) -> str:
