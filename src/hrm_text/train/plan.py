@@ -1,0 +1,228 @@
+"""`hrm-text plan`: what a pretraining run will cost before it starts (FLOPs, hours, dollars, memory).
+
+FLOPs come from the paper's accounting (`hrm_text.model.flops.run_flops`, following the K warm-up).
+Hours come from a *throughput table* of tokens/s per GPU, one entry per (preset, GPU), each with the
+source of its number. Entries are filled from benchmark runs as they are made; until then:
+
+- XL on H100 is the SPEC's derived figure: 60e9 tokens / (46 h x 16 GPUs) = 22.6k tokens/s/GPU
+  ("paper-derived", about 38% MFU against 989 TFLOP/s dense bf16).
+- every other (preset, GPU) pair is *estimated* at that same 38% MFU of the GPU's datasheet peak:
+  tokens/s/GPU = 0.38 x peak / (model FLOPs per token). Small presets will in practice reach a
+  lower MFU (less work per kernel), so treat those estimates as optimistic.
+
+Memory per rank assumes FSDP2 over all `gpus` (fp32 master weights, fp32 grads, fp32 Adam moments
+and fp32 EMA, all sharded), bf16 compute with `torch.compile`, and flash/SDPA attention; see
+`memory_per_rank` for the terms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from hrm_text.config import ConfigError, DataConfig, ModelConfig, PRESETS, TrainConfig, model_config
+from hrm_text.model.flops import block_params, count_params, run_flops
+from hrm_text.train.metrics import PEAK_FLOPS_BF16
+
+GiB = 1024**3
+
+# GPU kinds the planner knows: datasheet dense-bf16 peak (from metrics.PEAK_FLOPS_BF16) and memory.
+GPUS: dict[str, dict[str, float]] = {
+    "H100": {"peak": 989e12, "memory": 80 * GiB},
+    "H200": {"peak": 989e12, "memory": 141 * GiB},
+    "A100": {"peak": 312e12, "memory": 80 * GiB},
+    "B200": {"peak": 2250e12, "memory": 180 * GiB},
+}
+assert all(any(k == name for k, _, _ in PEAK_FLOPS_BF16) for name in GPUS)
+
+ESTIMATE_MFU = 0.38  # the paper-derived XL/H100 MFU, used for every entry without a measurement
+
+
+@dataclass(frozen=True)
+class Throughput:
+    tokens_per_s_per_gpu: float
+    source: str
+
+
+# Measured or published throughput, tokens/s per GPU, by (preset, gpu). Add benchmark results here
+# with a source string saying which script, machine and date produced them.
+THROUGHPUT_TABLE: dict[tuple[str, str], Throughput] = {
+    ("XL", "H100"): Throughput(
+        60e9 / (46 * 3600 * 16),
+        "paper-derived: 60B tokens in 46 h on 16 H100 (SPEC section 1), about 38% MFU",
+    ),
+}
+
+
+def throughput_for(preset: str, gpu: str, model_cfg: ModelConfig | None = None) -> Throughput:
+    """The table entry if there is one, else an estimate at `ESTIMATE_MFU` of the datasheet peak."""
+    gpu = _check_gpu(gpu)
+    hit = THROUGHPUT_TABLE.get((preset, gpu))
+    if hit is not None:
+        return hit
+    cfg = model_cfg or model_config(preset)
+    per_token = _avg_flops_per_token(cfg)
+    peak = GPUS[gpu]["peak"]
+    return Throughput(
+        ESTIMATE_MFU * peak / per_token,
+        f"estimated: {ESTIMATE_MFU:.0%} MFU (the paper-derived XL/H100 figure) of {gpu} datasheet "
+        f"{peak / 1e12:.0f} TFLOP/s dense bf16 / {per_token / 1e9:.2f} GFLOP per token; not measured",
+    )
+
+
+def _check_gpu(gpu: str) -> str:
+    for name in GPUS:
+        if name.lower() == gpu.lower():
+            return name
+    raise ConfigError(f"unknown GPU {gpu!r}; choose one of {', '.join(GPUS)}")
+
+
+def _avg_flops_per_token(cfg: ModelConfig) -> float:
+    """Training FLOPs per token averaged over the K warm-up (what a whole run costs per token)."""
+    return run_flops(cfg, 1.0)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    tokens_per_rank: int  # tokens in one micro-batch on one rank
+    grad_accum_steps: int
+    sharded_states_bytes: float  # fp32 params + grads + Adam m, v + EMA, divided over ranks
+    gathered_params_bytes: float  # bf16 copies FSDP all-gathers: root (embeddings, head) + 2 blocks
+    activation_bytes: float  # saved for backward by the K recorded stack calls
+    logits_bytes: float  # bf16 head output + fp32 log-softmax kept for backward
+    total_bytes: float
+    device_bytes: float
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= 0.92 * self.device_bytes  # leave room for allocator fragmentation
+
+
+def activation_bytes_per_token_per_layer(cfg: ModelConfig) -> float:
+    """bf16 tensors one block saves for backward, per token, with torch.compile recomputing cheap
+    element-wise ops: attention-norm input (h), fused gate|q|k|v output (4 inner), attention output
+    and o_proj input (2 inner), MLP-norm input (h), gate|up output (2 I), down_proj input (I)."""
+    h, inner, inter = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size
+    return 2.0 * (2 * h + 6 * inner + 3 * inter)
+
+
+def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str, tokens_per_rank: int, grad_accum_steps: int = 1,
+                    bp_steps: int | None = None) -> MemoryEstimate:
+    """Peak memory one rank needs (estimate; see the module docstring for the assumptions)."""
+    gpu = _check_gpu(gpu)
+    params = count_params(cfg)
+    states = params.total * (4 + 4 + 8 + 4) / gpus
+    emb = params.total - params.non_embedding  # input embedding + head, in FSDP's root unit
+    gathered = 2.0 * (emb + 2 * block_params(cfg))
+    K = cfg.bp_max_steps if bp_steps is None else bp_steps
+    layers_per_call = max(1, cfg.half_layers if cfg.arch in ("hrm", "trm", "rins") else cfg.n_layers)
+    recorded_calls = _recorded_calls(cfg, K)
+    acts = tokens_per_rank * recorded_calls * layers_per_call * activation_bytes_per_token_per_layer(cfg)
+    logits = tokens_per_rank * cfg.padded_vocab_size * (2 + 4)
+    total = states + gathered + acts + logits
+    return MemoryEstimate(tokens_per_rank, grad_accum_steps, states, gathered, acts, logits, total, GPUS[gpu]["memory"])
+
+
+def _recorded_calls(cfg: ModelConfig, K: int) -> int:
+    from hrm_text.model.hrm import build_schedule
+
+    return sum(build_schedule(cfg).recorded(K))
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    preset: str
+    gpu: str
+    gpus: int
+    tokens: float
+    price_per_gpu_hour: float
+    params_total: int
+    params_non_embedding: int
+    flops_per_token: float  # averaged over the K warm-up
+    total_flops: float
+    throughput: Throughput  # per GPU
+    hours: float
+    gpu_hours: float
+    dollars: float
+    implied_mfu: float  # throughput x FLOPs/token / datasheet peak
+    memory: MemoryEstimate
+    notes: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        """Plain-text report for the CLI."""
+        m = self.memory
+        lines = [
+            f"plan: {self.preset} on {self.gpus} x {self.gpu}, {self.tokens:.3g} tokens",
+            f"  parameters      {self.params_total / 1e9:.3f}B total, {self.params_non_embedding / 1e9:.3f}B non-embedding",
+            f"  FLOPs           {self.total_flops:.3e} ({self.flops_per_token / 1e9:.2f} GFLOP/token, paper's accounting)",
+            f"  throughput      {self.throughput.tokens_per_s_per_gpu:,.0f} tokens/s per GPU ({self.throughput.source})",
+            f"  implied MFU     {100 * self.implied_mfu:.1f}% of {GPUS[self.gpu]['peak'] / 1e12:.0f} TFLOP/s (datasheet dense bf16)",
+            f"  time            {self.hours:,.1f} h ({self.gpu_hours:,.0f} GPU-hours)",
+            f"  cost            ${self.dollars:,.0f} at ${self.price_per_gpu_hour:g}/GPU-hour",
+            f"  memory per rank {m.total_bytes / GiB:,.1f} GiB of {m.device_bytes / GiB:.0f} GiB "
+            f"({'fits' if m.fits else 'DOES NOT FIT'}): states {m.sharded_states_bytes / GiB:.1f}, "
+            f"gathered params {m.gathered_params_bytes / GiB:.1f}, activations {m.activation_bytes / GiB:.1f}, "
+            f"logits {m.logits_bytes / GiB:.1f} GiB; {m.tokens_per_rank:,} tokens/rank x {m.grad_accum_steps} accumulation",
+        ]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def plan(
+    preset: str,
+    tokens: float,
+    gpus: int,
+    price: float,
+    gpu: str = "H100",
+    *,
+    global_batch_tokens: int | None = None,
+    tokens_per_rank: int | None = None,
+    model_cfg: ModelConfig | None = None,
+) -> PlanResult:
+    """Predict FLOPs, wall hours, dollars and per-rank memory of a pretraining run.
+
+    `global_batch_tokens` defaults to TrainConfig's (196,608, the XL run); the micro-batch per rank
+    is the global batch split over the GPUs, capped at `tokens_per_rank` (DataConfig's 16,384),
+    with gradient accumulation making up the rest.
+    """
+    if preset not in PRESETS and model_cfg is None:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if not tokens > 0:
+        raise ConfigError(f"--tokens must be > 0 (got {tokens})")
+    if gpus < 1:
+        raise ConfigError(f"--gpus must be >= 1 (got {gpus})")
+    if price < 0:
+        raise ConfigError(f"--price must be >= 0 (got {price})")
+    gpu = _check_gpu(gpu)
+    cfg = model_cfg or model_config(preset)
+    params = count_params(cfg)
+    total_flops = run_flops(cfg, tokens)
+    per_token = total_flops / tokens
+    tp = throughput_for(preset, gpu, cfg)
+    hours = tokens / (tp.tokens_per_s_per_gpu * gpus) / 3600.0
+    gpu_hours = hours * gpus
+    gbt = int(global_batch_tokens or TrainConfig().global_batch_tokens)
+    cap = int(tokens_per_rank or DataConfig().tokens_per_rank)
+    per_rank_needed = math.ceil(gbt / gpus)
+    accum = max(1, math.ceil(per_rank_needed / cap))
+    micro = math.ceil(per_rank_needed / accum)
+    mem = memory_per_rank(cfg, gpus, gpu, micro, accum)
+    notes = []
+    if not mem.fits:
+        notes.append("estimated memory exceeds the device: lower data.tokens_per_rank (more accumulation) or use more GPUs")
+    if (preset, gpu) not in THROUGHPUT_TABLE:
+        notes.append("throughput is an estimate, not a measurement: run benchmarks/ and add the result to THROUGHPUT_TABLE")
+    return PlanResult(
+        preset=preset, gpu=gpu, gpus=gpus, tokens=float(tokens), price_per_gpu_hour=float(price),
+        params_total=params.total, params_non_embedding=params.non_embedding,
+        flops_per_token=per_token, total_flops=total_flops, throughput=tp,
+        hours=hours, gpu_hours=gpu_hours, dollars=gpu_hours * price,
+        implied_mfu=tp.tokens_per_s_per_gpu * per_token / GPUS[gpu]["peak"],
+        memory=mem, notes=notes,
+    )
+
+
+__all__ = [
+    "ESTIMATE_MFU", "GPUS", "MemoryEstimate", "PlanResult", "THROUGHPUT_TABLE", "Throughput",
+    "activation_bytes_per_token_per_layer", "memory_per_rank", "plan", "throughput_for",
+]
