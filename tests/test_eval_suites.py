@@ -389,3 +389,30 @@ def test_builtin_corpus_folder_uses_heldout_per_module() -> None:
     res = run_suite(items, lambda pairs: ["3"] * len(pairs)).benchmarks["builtin"]
     assert res.groups["dm_math_interpolate/algebra__linear_1d"]["exact"] == 50.0
     assert res.score == pytest.approx(50.0 / 3)
+
+
+def test_hub_path_uses_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no local files and the Hub allowed, rows come from `datasets.load_dataset` (faked here:
+    no network in tests), one call per config, with MATH's config as the subject."""
+    import datasets
+
+    calls: list[tuple[str, str | None, str]] = []
+
+    def fake_load(path: str, name: str | None = None, split: str = "") -> list[dict]:
+        calls.append((path, name, split))
+        return [{"problem": f"{name} problem", "solution": "\\boxed{1}", "level": "Level 1", "type": "X"}]
+
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    items = paper_items(tmp_path, benchmarks=["math"], source="auto")
+    assert len(calls) == 7 and {c[0] for c in calls} == {"EleutherAI/hendrycks_math"}
+    assert all(c[2] == "test" for c in calls)
+    assert {it.group for it in items} == {c[1] for c in calls}  # subject = config name
+
+    def failing_load(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", failing_load)
+    with pytest.raises(MissingBenchmarkData, match="ConnectionError: no network"):
+        paper_items(tmp_path, benchmarks=["gsm8k"], source="auto")
