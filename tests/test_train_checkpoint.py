@@ -282,3 +282,43 @@ def test_fsdp2_two_ranks_save_then_single_process_load(tmp_path):
         torch.testing.assert_close(opt3.state[p]["exp_avg"], 2 * ropt.state[q]["exp_avg"], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(opt3.state[p]["exp_avg_sq"], 4 * ropt.state[q]["exp_avg_sq"], rtol=1e-5, atol=1e-9)
         assert int(opt3.state[p]["step"]) == 2
+
+
+def test_hrm_model_resume_is_bitwise(tmp_path):
+    """The real model (recurrent schedule, z_L_init buffer, truncated backprop) through save/load."""
+    from hrm_text.config import model_config
+    from hrm_text.data.batch import pack_rows
+    from hrm_text.model.lm import HRMTextLM
+
+    cfg = model_config("tiny", vocab_size=128, hidden_size=64, num_heads=1, max_seq_len=64, attn_backend="sdpa")
+    g = torch.Generator().manual_seed(0)
+    data = [
+        pack_rows([[(torch.randint(1, 128, (5,), generator=g).tolist(), torch.randint(1, 128, (3,), generator=g).tolist())] * 2], 24)
+        for _ in range(4)
+    ]
+
+    def run(model, opt, ema, batches):
+        out = []
+        for b in batches:
+            res = model.loss(b, bp_steps=3)
+            (res.loss_sum / res.num_tokens).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema.update(model)
+            out.append(res.loss_sum.item())
+        return out
+
+    def build(seed):
+        torch.manual_seed(seed)
+        m = HRMTextLM(cfg)
+        return m, AdamAtan2(m.parameters(), lr=1e-3), ModelEMA(m, decay=0.9)
+
+    m1, o1, e1 = build(0)
+    run(m1, o1, e1, data[:2])
+    path = save_checkpoint(tmp_path, 2, m1, o1, e1, None, {"model": {"preset": "tiny"}}, None, keep=1)
+    m2, o2, e2 = build(1)
+    load_checkpoint(path, m2, o2, e2)
+    assert torch.equal(m1.model.z_L_init, m2.model.z_L_init)
+    assert run(m1, o1, e1, data[2:]) == run(m2, o2, e2, data[2:])
+    m3 = build(2)[0]
+    assert load_model_weights(path, m3) == "ema"

@@ -115,6 +115,7 @@ def apply_fsdp2(
     mp_dtype: torch.dtype | None = torch.bfloat16,
     reshard_after_forward: bool = True,
     sum_gradients: bool = True,
+    forward_methods: Sequence[str] = ("loss",),
 ) -> nn.Module:
     """Shard `model` with FSDP2: `fully_shard` on each block, then on the root.
 
@@ -128,9 +129,13 @@ def apply_fsdp2(
     `sum_gradients=True` sets FSDP's gradient divide factor to 1 so gradients are *summed* over
     ranks (SPEC 5) instead of averaged: with the loss normalised by the global token count each
     rank then holds exactly the single-process gradient, so N ranks and 1 process match.
+    `forward_methods`: root methods other than `forward` that run the whole model (`HRMTextLM.loss`);
+    FSDP only hooks `forward`, so without registering them the root's parameters (embeddings, head)
+    would stay sharded when the trainer calls `model.loss(batch)`. Register only outermost entry
+    points: a registered method called from another one reshards the root when it returns.
     Returns the same module object (fully_shard works in place).
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     if not is_initialized():
         raise RuntimeError("apply_fsdp2 needs a process group: launch with torchrun (init_distributed)")
@@ -146,4 +151,7 @@ def apply_fsdp2(
         unit.set_force_sum_reduction_for_comms(True)  # type: ignore[operator]  # FSDPModule method
         if sum_gradients:
             unit.set_gradient_divide_factor(1.0)  # type: ignore[operator]
+    for name in forward_methods:
+        if callable(getattr(model, name, None)):
+            register_fsdp_forward_method(model, name)
     return model
