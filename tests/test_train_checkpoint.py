@@ -235,7 +235,7 @@ def _fsdp_worker(rank: int, world: int, port: int, out: str) -> None:
     try:
         net, _, _ = make(0)
         apply_fsdp2(net, list(net.blocks), mp_dtype=None)
-        opt = AdamAtan2(net.parameters(), lr=1e-2)
+        opt = AdamAtan2(net.parameters(), lr=1e-2, foreach=True)  # multi-tensor path on DTensor shards
         ema = ModelEMA(net, decay=0.9)
         train_steps(net, opt, ema, 2, seed=1)  # same data on both ranks
         save_checkpoint(out, 2, net, opt, ema, {"rank": info.rank}, {"k": 1}, None, keep=2)
@@ -322,3 +322,19 @@ def test_hrm_model_resume_is_bitwise(tmp_path):
     assert run(m1, o1, e1, data[2:]) == run(m2, o2, e2, data[2:])
     m3 = build(2)[0]
     assert load_model_weights(path, m3) == "ema"
+
+
+def test_single_process_distributed_helpers(monkeypatch):
+    from hrm_text.train.distributed import all_reduce_sum, apply_fsdp2, barrier, broadcast_object, init_distributed
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    info = init_distributed(device="cpu")
+    assert (info.rank, info.world_size, info.local_rank, info.is_main) == (0, 1, 0, True)
+    assert info.device == torch.device("cpu") and not info.distributed
+    t = torch.tensor([3.0])
+    assert all_reduce_sum(t) is t and t.item() == 3.0
+    barrier()
+    assert broadcast_object({"a": 1}) == {"a": 1}
+    with pytest.raises(RuntimeError, match="process group"):
+        apply_fsdp2(Net(), [], mp_dtype=None)
