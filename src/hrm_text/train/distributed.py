@@ -126,6 +126,7 @@ def apply_fsdp2(
     all-gather of the next block overlap the current one. HRM calls each block several times per
     step; `reshard_after_forward=False` keeps a block's gathered weights between those calls (fewer
     all-gathers, more memory): worth trying when the model is small compared with activations.
+    It applies to the blocks; the root unit always keeps its gathered weights until backward.
     `sum_gradients=True` sets FSDP's gradient divide factor to 1 so gradients are *summed* over
     ranks (SPEC 5) instead of averaged: with the loss normalised by the global token count each
     rank then holds exactly the single-process gradient, so N ranks and 1 process match.
@@ -142,9 +143,13 @@ def apply_fsdp2(
     kwargs: dict = {"reshard_after_forward": reshard_after_forward}
     if mp_dtype is not None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32)
+    for block in blocks:
+        fully_shard(block, **kwargs)
+    # The root (embeddings, head, anything outside the blocks) is never resharded after forward: the
+    # backward needs it at once, and `model.loss` returns a dataclass, on which FSDP (torch < 2.13)
+    # registers no pre-backward hook to gather it again; that crashed on an H100 with torch 2.11.
+    fully_shard(model, **{**kwargs, "reshard_after_forward": False})
     units = [*blocks, model]
-    for unit in units:
-        fully_shard(unit, **kwargs)
     for unit in units:
         # Plain SUM collectives: gloo has neither AVG nor PREMUL_SUM, and NCCL's zero-copy path wants
         # SUM too. With divide factor 1 no scaling kernel runs at all; otherwise FSDP divides after.
