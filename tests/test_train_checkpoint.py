@@ -338,3 +338,13 @@ def test_single_process_distributed_helpers(monkeypatch):
     assert broadcast_object({"a": 1}) == {"a": 1}
     with pytest.raises(RuntimeError, match="process group"):
         apply_fsdp2(Net(), [], mp_dtype=None)
+
+
+def test_checkpoint_before_first_step_keeps_optimizer_fresh(tmp_path):
+    net, opt, ema = make(0)
+    path = save(tmp_path / "run", 0, net, opt, ema, None)
+    assert not opt.state  # saving did not run a zero-LR step on the live optimizer
+    net2, opt2, ema2 = make(0)
+    assert load_checkpoint(path, net2, opt2, ema2)["step"] == 0
+    assert not opt2.state
+    assert train_steps(net, opt, ema, 2, seed=3) == train_steps(net2, opt2, ema2, 2, seed=3)

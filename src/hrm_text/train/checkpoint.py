@@ -288,7 +288,10 @@ def save_checkpoint(
         (tmp / "ranks").mkdir(parents=True)
     barrier()
 
-    if optimizer is not None:
+    # An optimizer that has not stepped yet has no state; get_state_dict would create it by running a
+    # zero-LR step on the live optimizer (advancing its step counters). Save it as "fresh" instead.
+    optimizer_fresh = optimizer is not None and not optimizer.state
+    if optimizer is not None and not optimizer_fresh:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
     else:
@@ -307,7 +310,8 @@ def save_checkpoint(
             "format_version": FORMAT_VERSION,
             "step": int(step),
             "world_size": world,
-            "has_optimizer": optimizer is not None,
+            "has_optimizer": optimizer is not None and not optimizer_fresh,
+            "optimizer_fresh": optimizer_fresh,
             "has_ema": ema is not None,
             "has_tokenizer": tok is not None,
             "extra": extra or {},
@@ -366,7 +370,9 @@ def load_checkpoint(
     path = Path(path)
     meta = _read_meta(path)
     if optimizer is not None and not meta["has_optimizer"]:
-        raise CheckpointError(f"checkpoint {path} holds no optimizer state; load it with optimizer=None")
+        if not meta.get("optimizer_fresh"):
+            raise CheckpointError(f"checkpoint {path} holds no optimizer state; load it with optimizer=None")
+        optimizer = None  # saved before the first step: a fresh optimizer is the exact state
     if optimizer is not None:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
