@@ -124,7 +124,8 @@ class DataConfig:
 
     sampled_dir: str | None = None  # output of `hrm-text data sample`
     tokenizer_dir: str | None = None
-    heldout_dir: str | None = None  # optional sampled held-out split for eval loss / exact-match
+    heldout_dir: str | None = None  # optional sampled held-out split (a `data sample` output) for eval loss
+    heldout_jsonl: str | None = None  # held-out JSONL file or folder for exact-match during training
     tokens_per_rank: int = 16384  # token budget of one packed row per rank per micro-step
     num_workers: int = 1
     seed: int = 0
@@ -145,6 +146,7 @@ class TrainConfig:
     beta2: float = 0.95
     weight_decay: float = 0.1
     ema_decay: float = 0.9999
+    ema_warmup: bool = False  # min(decay, (1+n)/(10+n)): useful EMA for very short runs (quickstart)
     global_batch_tokens: int = 196608
     max_steps: int | None = None
     max_tokens: float | None = None

@@ -1,0 +1,106 @@
+"""Open a trained model for inference, evaluation, export or fine-tuning.
+
+Accepts either a checkpoint directory of ours (`runs/x/step_000100`, or a run directory, whose newest
+complete checkpoint is taken) or a transformers `hrm_text` folder (config.json + safetensors +
+tokenizer files). EMA weights are used by default, as the SPEC asks for evaluation and export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hrm_text.config import ModelConfig, config_from_dict
+from hrm_text.data.tokenizer import TextTokenizer
+from hrm_text.model.lm import HRMTextLM
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(ValueError):
+    """The path is not a usable checkpoint or model folder; the message says why."""
+
+
+@dataclass
+class LoadedModel:
+    model: HRMTextLM
+    tokenizer: TextTokenizer | None
+    source: str  # "checkpoint:ema", "checkpoint:model" or "hf"
+    path: Path
+
+
+def is_hf_folder(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("model_type") == "hrm_text"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir as given, or the newest complete one inside a run directory."""
+    from hrm_text.train.checkpoint import find_latest, verify_checkpoint
+
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"{p} does not exist")
+    if is_hf_folder(p):
+        return p
+    if (p / "meta.json").is_file() or (p / "COMPLETE").is_file():
+        ok, reason = verify_checkpoint(p)
+        if not ok:
+            raise ModelLoadError(f"checkpoint {p} is damaged or incomplete: {reason}")
+        return p
+    latest = find_latest(p)
+    if latest is None:
+        raise ModelLoadError(f"{p} holds no complete checkpoint (and is not a transformers hrm_text folder)")
+    return latest
+
+
+def model_config_of(path: str | Path) -> ModelConfig:
+    p = resolve_checkpoint(path)
+    if is_hf_folder(p):
+        from hrm_text.model.hf_adapter import from_hf_config
+
+        return from_hf_config(json.loads((p / "config.json").read_text()))
+    from hrm_text.train.checkpoint import read_checkpoint_config
+
+    return config_from_dict(read_checkpoint_config(p)).model
+
+
+def load_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    use_ema: bool = True,
+    attn_backend: str | None = None,
+) -> LoadedModel:
+    """Build the model described by the checkpoint/folder and load its weights."""
+    p = resolve_checkpoint(path)
+    tokenizer: TextTokenizer | None = None
+    if is_hf_folder(p):
+        from hrm_text.model.hf_adapter import load_hf_folder
+
+        model = load_hf_folder(p)
+        source = "hf"
+        if (p / "tokenizer.json").is_file():
+            tokenizer = TextTokenizer.load(p)
+    else:
+        from hrm_text.train.checkpoint import load_model_weights, read_checkpoint_config
+
+        cfg = config_from_dict(read_checkpoint_config(p)).model
+        model = HRMTextLM(cfg, init=False)
+        which = load_model_weights(p, model, use_ema=use_ema)
+        source = f"checkpoint:{which}"
+        if (p / "tokenizer").is_dir():
+            tokenizer = TextTokenizer.load(p / "tokenizer")
+    if attn_backend is not None:
+        model.cfg.attn_backend = attn_backend  # type: ignore[misc]
+    model = model.to(device=device, dtype=dtype).eval()
+    return LoadedModel(model, tokenizer, source, p)

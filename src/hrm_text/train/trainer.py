@@ -1,0 +1,273 @@
+"""The training loop: one function from laptop CPU to multi-GPU FSDP2 (launch under torchrun).
+
+    step:  K = bp_steps_at(step)            deep credit assignment warm-up (SPEC 2)
+           for each micro-batch:  loss_sum / global response tokens  -> backward
+           AdamAtan2 step, EMA update       (SPEC 5)
+Gradients are normalised by the response-token count of the whole global batch and summed over
+ranks, so 1 process and N processes with the same global batch compute the same update.
+Checkpoints (DCP) every `ckpt_every` steps and at the end; SIGTERM/SIGINT save and exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from hrm_text.config import Config, ConfigError, config_from_dict
+from hrm_text.data.batch import PackedBatch
+from hrm_text.model.flops import count_params, train_flops_per_token
+from hrm_text.model.lm import HRMTextLM
+from hrm_text.train import checkpoint as ckpt
+from hrm_text.train.distributed import DistInfo, all_reduce_sum, apply_fsdp2, barrier, cleanup, init_distributed
+from hrm_text.train.metrics import MetricsLogger, device_peak_flops
+from hrm_text.train.optim import AdamAtan2, ModelEMA
+from hrm_text.train.schedule import bp_steps_at, lr_at
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[float]  # per-step global training loss (this process's run only)
+    final_checkpoint: Path | None
+    interrupted: bool
+    eval_history: list[dict[str, Any]]
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the loop finishes the current step, checkpoints and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.signal_name = ""
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside a test runner thread)
+                pass
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.stop = True
+        self.signal_name = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def check_data(cfg: Config) -> tuple[Any, Any]:
+    """Open tokenizer + sampled data and check they agree, before any expensive work."""
+    from hrm_text.data.loader import SampledData
+    from hrm_text.data.tokenizer import TextTokenizer
+
+    if not cfg.data.sampled_dir:
+        raise ConfigError("data.sampled_dir is not set: point it at the output of `hrm-text data sample`")
+    sdir = Path(cfg.data.sampled_dir)
+    if not (sdir / "metadata.json").is_file():
+        raise ConfigError(f"data.sampled_dir={sdir} is not a sampled data folder (no metadata.json); run `hrm-text data sample` first")
+    data = SampledData(sdir)
+    tok_dir = cfg.data.tokenizer_dir or data.metadata.get("tokenizer_dir")
+    if not tok_dir or not Path(tok_dir).is_dir():
+        raise ConfigError(f"tokenizer folder {tok_dir!r} not found: set data.tokenizer_dir")
+    tok = TextTokenizer.load(tok_dir)
+    if tok.vocab_size != data.vocab_size:
+        raise ConfigError(
+            f"tokenizer {tok_dir} has {tok.vocab_size} tokens but {sdir} was tokenized with {data.vocab_size}: "
+            "re-tokenize the data with this tokenizer or point data.tokenizer_dir at the one used"
+        )
+    return data, tok
+
+
+def _device(dist: DistInfo) -> torch.device:
+    return torch.device(dist.device)
+
+
+def build_model(cfg: Config, vocab_size: int, device: torch.device, init_from: str | None) -> HRMTextLM:
+    """Fresh model (seeded), or weights from `init_from` (our checkpoint or an HF folder) for SFT."""
+    if init_from:
+        from hrm_text.infer.loading import load_model, model_config_of
+
+        src_cfg = model_config_of(init_from)
+        if src_cfg.vocab_size != vocab_size and src_cfg.padded_vocab_size < vocab_size:
+            raise ConfigError(f"train.init_from={init_from} has vocab {src_cfg.vocab_size}, the tokenizer has {vocab_size}")
+        loaded = load_model(init_from, device="cpu", use_ema=cfg.train.init_from_ema)
+        cfg.model = loaded.model.cfg
+        cfg.model.attn_backend = cfg.model.attn_backend
+        log.info("initialised from %s (%s weights)", loaded.path, loaded.source)
+        return loaded.model.train().to(device)
+    if cfg.model.vocab_size != vocab_size:
+        log.info("model.vocab_size set to the tokenizer's %d (was %d)", vocab_size, cfg.model.vocab_size)
+        cfg.model.vocab_size = vocab_size
+    torch.manual_seed(cfg.train.seed)
+    with torch.device(device):
+        return HRMTextLM(cfg.model)
+
+
+def total_steps_for(cfg: Config, steps_per_epoch: int, accum: int) -> int:
+    t = cfg.train
+    if t.max_steps is not None:
+        return int(t.max_steps)
+    if t.max_tokens is not None:
+        return max(1, math.ceil(float(t.max_tokens) / t.global_batch_tokens))
+    if t.epochs is not None:
+        return max(1, (steps_per_epoch * t.epochs) // accum)
+    raise ConfigError("set one of train.max_steps, train.max_tokens or train.epochs")
+
+
+def train(
+    cfg: Config,
+    resume: str | None = "auto",
+    on_step: Callable[[int, float], None] | None = None,
+    eval_fn: Callable[[HRMTextLM, int], dict[str, float]] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Run training as configured. `resume`: "auto" (newest complete checkpoint in out_dir, if any),
+    a checkpoint path, or None (start fresh). Returns per-step losses and the final checkpoint."""
+    from hrm_text.data.loader import PackedLoader
+
+    data, tok = check_data(cfg)
+    dist = init_distributed()
+    device = _device(dist)
+    t = cfg.train
+    out_dir = Path(t.out_dir)
+    try:
+        tokens_per_micro = cfg.data.tokens_per_rank * dist.world_size
+        accum = max(1, round(t.global_batch_tokens / tokens_per_micro))
+        if accum * tokens_per_micro != t.global_batch_tokens and dist.is_main:
+            log.warning("global batch %d tokens is not a multiple of %d ranks x %d tokens; using %d micro-steps (%d tokens)",
+                        t.global_batch_tokens, dist.world_size, cfg.data.tokens_per_rank, accum, accum * tokens_per_micro)
+        loader = PackedLoader(data, cfg.data.tokens_per_rank, rank=dist.rank, world_size=dist.world_size,
+                              seed=cfg.data.seed, prefetch=cfg.data.num_workers > 0)
+        total_steps = total_steps_for(cfg, loader.steps_per_epoch, accum)
+
+        init_from = t.init_from
+        resume_path: Path | None = None
+        if resume == "auto":
+            resume_path = ckpt.find_latest(out_dir)
+        elif resume:
+            resume_path = Path(resume)
+        if resume_path is not None:
+            init_from = None  # the checkpoint holds everything, including the architecture
+            saved = config_from_dict(ckpt.read_checkpoint_config(resume_path))
+            cfg.model = saved.model
+        model = build_model(cfg, tok.vocab_size, device, init_from)
+        use_bf16 = t.dtype == "bf16" and device.type == "cuda"
+        if dist.world_size > 1:
+            apply_fsdp2(model, model.blocks(), mp_dtype=torch.bfloat16 if use_bf16 else None)
+        if t.compile and device.type == "cuda":
+            for blk in model.blocks():
+                blk.compile()
+        opt = AdamAtan2(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
+        ema = ModelEMA(model, decay=t.ema_decay, warmup=t.ema_warmup)
+
+        start_step, elapsed_offset = 0, 0.0
+        if resume_path is not None:
+            state = ckpt.load_checkpoint(resume_path, model, opt, ema)
+            start_step = int(state["step"])
+            elapsed_offset = float(state.get("extra", {}).get("elapsed_s", 0.0))
+            if state.get("loader_state") is not None:
+                loader.load_state_dict(state["loader_state"])
+            ckpt.restore_rng(state["rng"])
+            if dist.is_main:
+                log.info("resumed from %s at step %d", resume_path, start_step)
+        elif dist.is_main:
+            log.info("model %s: %s", cfg.model.preset or cfg.model.arch, count_params(cfg.model))
+
+        peak, peak_src = device_peak_flops(device)
+        logger = MetricsLogger(out_dir, total_steps=total_steps, price_per_gpu_hour=t.price_per_gpu_hour,
+                               num_gpus=dist.world_size, peak_flops=peak, peak_source=peak_src,
+                               tensorboard=t.tensorboard, wandb=t.wandb, is_main=dist.is_main,
+                               start_step=start_step, elapsed_offset=elapsed_offset, progress=progress,
+                               config=cfg.to_dict())
+        stop = _StopFlag()
+        stop.install()
+        losses: list[float] = []
+        evals: list[dict[str, Any]] = []
+        final: Path | None = None
+        step = start_step
+        tok_dir = tok.source_dir
+
+        def save() -> Path:
+            return ckpt.save_checkpoint(out_dir, step, model, opt, ema, loader.state_dict(), cfg.to_dict(), tok_dir,
+                                        t.ckpt_keep, extra={"elapsed_s": logger.elapsed})
+
+        interval = {"loss": 0.0, "correct": 0.0, "count": 0.0, "tokens": 0.0, "flops": 0.0}
+        while step < total_steps and not stop.stop:
+            # schedules take the 1-based number of the step about to run (as the reference trainer)
+            K = bp_steps_at(step + 1, total_steps, cfg.model, t.full_bp_from_start)
+            lr = lr_at(step + 1, t, total_steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            micro: list[PackedBatch] = []
+            for _ in range(accum):
+                try:
+                    micro.append(next(loader).to(device, non_blocking=True))
+                except StopIteration:
+                    break
+            if not micro:
+                break
+            local_count = torch.tensor(float(sum(b.num_loss_tokens for b in micro)), device=device)
+            global_count = all_reduce_sum(local_count.clone()) if dist.world_size > 1 else local_count
+            denom = global_count.clamp_min(1.0)
+            loss_acc = torch.zeros((), device=device)
+            correct_acc = torch.zeros((), device=device)
+            real_tokens = 0
+            for i, b in enumerate(micro):
+                if dist.world_size > 1:  # reduce-scatter gradients once, after the last micro-batch
+                    model.set_requires_gradient_sync(i == len(micro) - 1)  # type: ignore[operator]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    out = model.loss(b, bp_steps=K)
+                (out.loss_sum / denom).backward()
+                loss_acc += out.loss_sum.detach()
+                correct_acc += out.num_correct.detach().float()
+                real_tokens += b.num_tokens
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema.update(model)
+            step += 1
+            stats = torch.stack([loss_acc, correct_acc, torch.tensor(float(real_tokens), device=device)])
+            if dist.world_size > 1:
+                stats = all_reduce_sum(stats)
+            step_loss = (stats[0] / denom).item()
+            losses.append(step_loss)
+            interval["loss"] += stats[0].item()
+            interval["correct"] += stats[1].item()
+            interval["count"] += denom.item()
+            interval["tokens"] += stats[2].item()
+            interval["flops"] += stats[2].item() * train_flops_per_token(cfg.model, K)
+            if on_step is not None:
+                on_step(step, step_loss)
+            if step % t.log_every == 0 or step == total_steps:
+                logger.log_train(step, loss=interval["loss"] / max(interval["count"], 1), accuracy=interval["correct"] / max(interval["count"], 1),
+                                 tokens=interval["tokens"], flops=interval["flops"], lr=lr, bp_steps=K, epoch=loader.epoch)
+                interval = dict.fromkeys(interval, 0.0)
+            if eval_fn is not None and t.eval_every > 0 and step % t.eval_every == 0:
+                with ema.swap(model):
+                    res = eval_fn(model, step)
+                model.train()
+                evals.append({"step": step, **res})
+                logger.log(step, res, prefix="eval/")
+            if t.ckpt_every > 0 and step % t.ckpt_every == 0 and step < total_steps:
+                final = save()
+        if stop.stop and dist.is_main:
+            log.warning("received %s: saving a checkpoint at step %d and exiting", stop.signal_name, step)
+        if step > start_step or final is None:
+            final = save()
+        logger.close()
+        stop.restore()
+        loader.close()
+        barrier()
+        return TrainResult(step, losses, final, stop.stop, evals)
+    finally:
+        cleanup()
