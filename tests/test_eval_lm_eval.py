@@ -209,3 +209,24 @@ def test_simple_evaluate_local_tasks(trained_tiny: Path, tmp_path: Path, monkeyp
     gen_samples = out["samples"]["hrm_tiny_gen"]
     assert len(gen_samples) == 4 and all(isinstance(s["resps"][0][0], str) for s in gen_samples)
     assert out["config"]["model"] == "hrm_text"
+
+
+def test_hrm_text_lm_eval_wrapper_runs_lm_eval_cli(trained_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hrm-text lm-eval ...` is lm-eval's own CLI with the backend registered."""
+    from typer.testing import CliRunner
+
+    from hrm_text.cli import app
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    tasks = _write_tasks(tmp_path)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["lm-eval", "--model", "hrm_text", "--model_args",
+                                 f"ckpt={trained_tiny},device=cpu,batch_size=4", "--tasks", "hrm_tiny_mc",
+                                 "--include_path", str(tasks), "--output_path", str(out), "--limit", "3"])
+    assert r.exit_code == 0, r.output
+    files = list(out.rglob("results_*.json"))
+    assert len(files) == 1
+    res = json.loads(files[0].read_text())["results"]["hrm_tiny_mc"]
+    assert 0.0 <= res["acc,none"] <= 1.0

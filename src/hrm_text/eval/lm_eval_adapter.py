@@ -155,6 +155,21 @@ class HRMTextLMEval(LM):
         self.vocab = int(self.model.cfg.vocab_size)
         self._engine: Any = None
 
+    # ------------------------------------------------------------------ construction from lm-eval
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "HRMTextLMEval":
+        """`--model_args` wins over lm-eval's own `--batch_size/--device` values: the base class
+        passes both as keywords, so `model_args=...,batch_size=8` would otherwise be a TypeError
+        (the CLI always sends its default batch_size=1)."""
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> "HRMTextLMEval":
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
     # ------------------------------------------------------------------ layout
     @property
     def head(self) -> list[int]:
