@@ -201,9 +201,12 @@ class Engine:
             if free and waiting:
                 admit = [(i, waiting.popleft()) for i in free[: len(waiting)]]
                 logits = self._prefill([i for i, _ in admit], [r.prompt_ids for _, r in admit])
-                toks = self._sample_rows(logits, [r for _, r in admit], [None] * len(admit))
-                for (i, req), tok in zip(admit, toks):
-                    row = _Row(req, len(req.prompt_ids), [], 0, self._generator(req))
+                # the seeded generator must exist before the FIRST token is sampled, or a seeded
+                # request's first token comes from the global RNG and is not reproducible
+                gens = [self._generator(r) for _, r in admit]
+                toks = self._sample_rows(logits, [r for _, r in admit], gens)
+                for (i, req), tok, gen in zip(admit, toks, gens):
+                    row = _Row(req, len(req.prompt_ids), [], 0, gen)
                     rows[i] = row
                     if (done := self._accept(row, tok)) is not None:
                         rows[i] = None
