@@ -170,6 +170,9 @@ class EvalConfig:
     batch_size: int = 32
     max_context: int = 3072
     max_new_tokens: int = 512
+    # during training (every train.eval_every steps): a --limit-ed paper suite from local files
+    paper_data_dir: str | None = None
+    paper_limit: int = 0  # items per benchmark; 0 = off
 
 
 @dataclass

@@ -40,7 +40,7 @@ def train_cmd(
         from hrm_text.train.trainer import train
 
         eval_fn = None
-        if cfg.data.heldout_jsonl and cfg.train.eval_every > 0:
+        if (cfg.data.heldout_jsonl or (cfg.eval.paper_data_dir and cfg.eval.paper_limit > 0)) and cfg.train.eval_every > 0:
             from hrm_text.train.evaluation import make_eval_fn
 
             eval_fn = make_eval_fn(cfg)

@@ -1,4 +1,10 @@
-"""Evaluation during training: held-out exact-match (greedy, EMA weights) every `eval_every` steps."""
+"""Evaluation during training (greedy, EMA weights) every `train.eval_every` steps:
+
+- held-out exact match on `data.heldout_jsonl` (the built-in suite), `train.eval_limit` rows per file;
+- optionally a `--limit`-ed paper suite from local files: `eval.paper_data_dir` with
+  `eval.paper_limit` items per benchmark, answers capped at `eval.max_new_tokens` so a CoT benchmark
+  cannot stall training. Those numbers track progress; they are not the paper protocol's numbers.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +17,19 @@ from hrm_text.model.lm import HRMTextLM
 
 
 def make_eval_fn(cfg: Config, max_new_tokens: int = 32) -> Callable[[HRMTextLM, int], dict[str, float]]:
-    """Exact-match on `data.heldout_jsonl` (a file, a folder of held-out JSONL files, or a built-in
-    corpus folder), `train.eval_limit` rows per file. Returns {"exact_match": %, "<group>": %...}."""
+    """Returns eval_fn(model, step) -> {"exact_match": %, "em_<group>": %, "paper_<benchmark>": %...}.
+
+    Items are built once, here, so that a missing file fails at start-up rather than at the first
+    evaluation hours into a run."""
     from hrm_text.data.tokenizer import TextTokenizer
-    from hrm_text.eval.suites import builtin_items, run_suite
+    from hrm_text.eval.suites import builtin_items, paper_items, run_suite
     from hrm_text.infer.textgen import make_engine, text_generate_fn
 
-    assert cfg.data.heldout_jsonl
-    items = builtin_items(cfg.data.heldout_jsonl, limit=cfg.train.eval_limit)
+    use_paper = bool(cfg.eval.paper_data_dir) and cfg.eval.paper_limit > 0
+    assert cfg.data.heldout_jsonl or use_paper
+    items = builtin_items(cfg.data.heldout_jsonl, limit=cfg.train.eval_limit) if cfg.data.heldout_jsonl else []
+    paper = (paper_items(cfg.eval.paper_data_dir, limit=cfg.eval.paper_limit, source="local")
+             if use_paper else [])
     tok_dir = cfg.data.tokenizer_dir
     tok = TextTokenizer.load(tok_dir) if tok_dir else None
 
@@ -29,15 +40,26 @@ def make_eval_fn(cfg: Config, max_new_tokens: int = 32) -> Callable[[HRMTextLM, 
 
             tok = TextTokenizer.load(SampledData(cfg.data.sampled_dir).metadata["tokenizer_dir"])
         model.eval()
-        longest = max(len(tok.encode_prompt(it.instruction, it.condition)) for it in items)
-        engine = make_engine(model, tok, max_batch=min(64, len(items)), max_len=min(model.cfg.max_seq_len, longest + max_new_tokens + 2))
-        with torch.no_grad():
-            res = run_suite(items, text_generate_fn(engine, tok, max_new_tokens), batch_size=256)
         out: dict[str, float] = {}
-        for b in res.benchmarks.values():
-            out["exact_match"] = b.score
-            for g, metrics in b.groups.items():
-                out[f"em_{g}"] = float(metrics.get(b.primary, next(iter(metrics.values()), 0.0)))
+        if items:
+            longest = max(len(tok.encode_prompt(it.instruction, it.condition)) for it in items)
+            engine = make_engine(model, tok, max_batch=min(64, len(items)), max_len=min(model.cfg.max_seq_len, longest + max_new_tokens + 2))
+            with torch.no_grad():
+                res = run_suite(items, text_generate_fn(engine, tok, max_new_tokens), batch_size=256)
+            for b in res.benchmarks.values():
+                out["exact_match"] = b.score
+                for g, metrics in b.groups.items():
+                    out[f"em_{g}"] = float(metrics.get(b.primary, next(iter(metrics.values()), 0.0)))
+        if paper:
+            from hrm_text.eval.cli import SuiteGenerator
+
+            bs = max(1, cfg.eval.batch_size)
+            gen = SuiteGenerator(model, tok, paper, bs, context=min(cfg.eval.max_context, 4096),
+                                 max_new_tokens=cfg.eval.max_new_tokens)
+            with torch.no_grad():
+                pres = run_suite(paper, gen, batch_size=bs)
+            for name, b in pres.benchmarks.items():
+                out[f"paper_{name}"] = b.score
         return out
 
     return eval_fn
