@@ -16,3 +16,109 @@ def test_trained_tiny_checkpoint_exists_and_learns(trained_tiny):
     lines = [json.loads(l) for l in (trained_tiny.parent / "metrics.jsonl").read_text().splitlines()]
     losses = [l["train/loss"] for l in lines if "train/loss" in l]
     assert losses[-1] < losses[0] - 1.0, losses
+
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DRIVER = str(Path(__file__).with_name("train_driver.py"))
+
+
+def _run(args, env_extra=None, check=True):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    env.update(env_extra or {})
+    p = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def _losses(out_dir):
+    recs = [json.loads(l) for l in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in recs if "train/loss" in r}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    _run([DRIVER, "0", "KILL", "--", *tiny_train_overrides(tiny_data, out, 8, **{"train.log_every": 1, "train.ckpt_every": 3})])
+    return _losses(out)
+
+
+@pytest.mark.parametrize("sig", ["KILL", "TERM"])
+def test_exact_resume_after_kill_or_term(sig, uninterrupted, tiny_data, tmp_path):
+    over = tiny_train_overrides(tiny_data, tmp_path, 8, **{"train.log_every": 1, "train.ckpt_every": 3})
+    p = _run([DRIVER, "5", sig, "--", *over], check=False)
+    if sig == "KILL":
+        assert p.returncode == -9
+        assert (tmp_path / "step_000003").is_dir() and not (tmp_path / "step_000005").exists()
+    else:  # SIGTERM: checkpoint at the step in progress, clean exit 0
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert "interrupted=True" in p.stdout
+        assert (tmp_path / "step_000005" / "COMPLETE").is_file()
+    _run([DRIVER, "0", "KILL", "--", *over])
+    resumed = _losses(tmp_path)
+    assert sorted(resumed) == list(range(1, 9))
+    assert resumed == uninterrupted  # bitwise: same floats at every step
+
+
+def test_damaged_newest_checkpoint_is_skipped(uninterrupted, tiny_data, tmp_path):
+    over = tiny_train_overrides(tiny_data, tmp_path, 8, **{"train.log_every": 1, "train.ckpt_every": 3, "train.ckpt_keep": 5})
+    _run([DRIVER, "7", "KILL", "--", *over], check=False)  # leaves step_000003 and step_000006
+    shard = sorted((tmp_path / "step_000006" / "state").glob("*.distcp"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # truncate
+    p = _run([DRIVER, "0", "KILL", "--", *over])
+    assert "skipping damaged checkpoint" in p.stderr and "step_000006" in p.stderr  # warned, fell back to step 3
+    assert _losses(tmp_path) == uninterrupted
+
+
+def test_two_processes_match_one(tiny_data, tmp_path):
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    base = {"train.log_every": 1, "train.ckpt_every": 0}
+    _run([DRIVER, "0", "KILL", "--", *tiny_train_overrides(tiny_data, one, 4, **base)])
+    _run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", DRIVER, "0", "KILL", "--",
+          *tiny_train_overrides(tiny_data, two, 4, **base)])
+    l1, l2 = _losses(one), _losses(two)
+    assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
+    for s in l1:
+        assert abs(l1[s] - l2[s]) <= 1e-4 * abs(l1[s]), (s, l1[s], l2[s])
+
+
+def test_bad_config_key_stops_before_work(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="unknown key train.lrr"):
+        load_config(None, tiny_train_overrides(tiny_data, tmp_path, 2) + ["train.lrr=1"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_data_folder_stops_before_work(tiny_data, tmp_path):
+    cfg = load_config(None, tiny_train_overrides(tiny_data, tmp_path / "run", 2) + [f"data.sampled_dir={tmp_path / 'nope'}"])
+    with pytest.raises(ConfigError, match="not a sampled data folder"):
+        train(cfg, resume=None, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_tokenizer_data_vocab_mismatch_stops_before_work(tiny_data, tmp_path):
+    from hrm_text.data.tokenizer import train_tokenizer
+
+    other = tmp_path / "tok_words"
+    words = [f"word{i} other{i * 7} thing{i % 13}" for i in range(2000)]  # more merges than the digits corpus has
+    train_tokenizer(words, vocab_size=400, out_dir=other)
+    cfg = load_config(None, tiny_train_overrides(tiny_data, tmp_path / "run", 2) + [f"data.tokenizer_dir={other}"])
+    with pytest.raises(ConfigError, match="re-tokenize"):
+        train(cfg, resume=None, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_reports_config_errors_cleanly(tmp_path):
+    from typer.testing import CliRunner
+
+    from hrm_text.cli import app
+
+    r = CliRunner().invoke(app, ["train", "model.preset=tiny", "train.bogus=1"])
+    assert r.exit_code == 2
+    assert "unknown key train.bogus" in r.output
+    r = CliRunner().invoke(app, ["train", "model.preset=tiny", f"data.sampled_dir={tmp_path}", "train.max_steps=1"])
+    assert r.exit_code == 2 and "sampled data folder" in r.output

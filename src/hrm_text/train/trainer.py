@@ -114,14 +114,15 @@ def build_model(cfg: Config, vocab_size: int, device: torch.device, init_from: s
         return HRMTextLM(cfg.model)
 
 
-def total_steps_for(cfg: Config, steps_per_epoch: int, accum: int) -> int:
+def total_steps_for(cfg: Config, steps_per_epoch: int) -> int:
+    """Optimizer steps of the run (`steps_per_epoch` counts optimizer steps)."""
     t = cfg.train
     if t.max_steps is not None:
         return int(t.max_steps)
     if t.max_tokens is not None:
         return max(1, math.ceil(float(t.max_tokens) / t.global_batch_tokens))
     if t.epochs is not None:
-        return max(1, (steps_per_epoch * t.epochs) // accum)
+        return max(1, steps_per_epoch * t.epochs)
     raise ConfigError("set one of train.max_steps, train.max_tokens or train.epochs")
 
 
@@ -147,9 +148,16 @@ def train(
         if accum * tokens_per_micro != t.global_batch_tokens and dist.is_main:
             log.warning("global batch %d tokens is not a multiple of %d ranks x %d tokens; using %d micro-steps (%d tokens)",
                         t.global_batch_tokens, dist.world_size, cfg.data.tokens_per_rank, accum, accum * tokens_per_micro)
-        loader = PackedLoader(data, cfg.data.tokens_per_rank, rank=dist.rank, world_size=dist.world_size,
-                              seed=cfg.data.seed, prefetch=cfg.data.num_workers > 0)
-        total_steps = total_steps_for(cfg, loader.steps_per_epoch, accum)
+        # One loader per micro-step slot of a "virtual world" of world_size x accum rows per optimizer
+        # step: rank r takes rows r, W + r, 2W + r, ... of each planned step. The rows of an optimizer
+        # step are then the same whatever W and accum are (1 process x 2 micro-steps sees exactly
+        # what 2 processes x 1 see), and the loader state can be restored on another GPU count.
+        virtual_world = dist.world_size * accum
+        loaders = [PackedLoader(data, cfg.data.tokens_per_rank, rank=m * dist.world_size + dist.rank,
+                                world_size=virtual_world, seed=cfg.data.seed, prefetch=cfg.data.num_workers > 0)
+                   for m in range(accum)]
+        loader = loaders[0]
+        total_steps = total_steps_for(cfg, loader.steps_per_epoch)
 
         init_from = t.init_from
         resume_path: Path | None = None
@@ -177,7 +185,8 @@ def train(
             start_step = int(state["step"])
             elapsed_offset = float(state.get("extra", {}).get("elapsed_s", 0.0))
             if state.get("loader_state") is not None:
-                loader.load_state_dict(state["loader_state"])
+                for ld in loaders:
+                    ld.load_state_dict(state["loader_state"])
             ckpt.restore_rng(state["rng"])
             if dist.is_main:
                 log.info("resumed from %s at step %d", resume_path, start_step)
@@ -210,12 +219,9 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = lr
             micro: list[PackedBatch] = []
-            for _ in range(accum):
-                try:
-                    micro.append(next(loader).to(device, non_blocking=True))
-                except StopIteration:
-                    break
-            if not micro:
+            try:
+                micro = [next(ld).to(device, non_blocking=True) for ld in loaders]
+            except StopIteration:
                 break
             local_count = torch.tensor(float(sum(b.num_loss_tokens for b in micro)), device=device)
             global_count = all_reduce_sum(local_count.clone()) if dist.world_size > 1 else local_count
@@ -266,7 +272,8 @@ def train(
             final = save()
         logger.close()
         stop.restore()
-        loader.close()
+        for ld in loaders:
+            ld.close()
         barrier()
         return TrainResult(step, losses, final, stop.stop, evals)
     finally:
