@@ -122,3 +122,17 @@ def test_cli_reports_config_errors_cleanly(tmp_path):
     assert "unknown key train.bogus" in r.output
     r = CliRunner().invoke(app, ["train", "model.preset=tiny", f"data.sampled_dir={tmp_path}", "train.max_steps=1"])
     assert r.exit_code == 2 and "sampled data folder" in r.output
+
+
+def test_sft_starts_from_pretrained_ema_weights(trained_tiny, tiny_data, tmp_path):
+    """SFT config: init_from a checkpoint (EMA weights, fresh optimizer), full K from step 1."""
+    from hrm_text.train.schedule import bp_steps_at
+
+    sft = load_config("src/hrm_text/configs/sft.yaml", tiny_train_overrides(tiny_data, tmp_path / "sft", 3) + [
+        f"train.init_from={trained_tiny}", "train.global_batch_tokens=512", "data.tokens_per_rank=256", "train.lr_warmup_steps=1"])
+    assert sft.train.full_bp_from_start and bp_steps_at(1, 3, sft.model, True) == sft.model.bp_max_steps
+    fresh = load_config(None, tiny_train_overrides(tiny_data, tmp_path / "fresh", 3))
+    r_sft = train(sft, resume=None, progress=False)
+    r_fresh = train(fresh, resume=None, progress=False)
+    assert r_sft.losses[0] < r_fresh.losses[0] - 1.0  # pretrained weights were really loaded
+    assert (r_sft.final_checkpoint / "COMPLETE").is_file()

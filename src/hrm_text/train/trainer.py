@@ -103,7 +103,6 @@ def build_model(cfg: Config, vocab_size: int, device: torch.device, init_from: s
             raise ConfigError(f"train.init_from={init_from} has vocab {src_cfg.vocab_size}, the tokenizer has {vocab_size}")
         loaded = load_model(init_from, device="cpu", use_ema=cfg.train.init_from_ema)
         cfg.model = loaded.model.cfg
-        cfg.model.attn_backend = cfg.model.attn_backend
         log.info("initialised from %s (%s weights)", loaded.path, loaded.source)
         return loaded.model.train().to(device)
     if cfg.model.vocab_size != vocab_size:
