@@ -15,6 +15,12 @@ import torch
 
 
 class StaticKVCache:
+    """Keys and values of every (stack call, layer) slot: `k[slot]`, `v[slot]` are [B, H, L, D].
+
+    Each slot is its own tensor (not a view into one big tensor), so a compiled attention layer sees
+    inputs of identical layout at every slot and is compiled once, not once per slot.
+    """
+
     def __init__(
         self,
         num_slots: int,
@@ -25,46 +31,45 @@ class StaticKVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ):
-        shape = (num_slots, batch_size, num_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch_size, num_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_slots)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_slots)]
         self.num_slots = num_slots
         self.batch_size = batch_size
         self.max_len = max_len
 
     def view(self, slot: int, positions: torch.Tensor, rows: torch.Tensor | None = None) -> "CacheView":
-        return CacheView(self, slot, positions, rows)
+        return CacheView(self.k[slot], self.v[slot], positions, rows)
 
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
 
 @dataclass
 class CacheView:
     """What one attention layer in one stack call sees of the cache.
 
+    k, v: this slot's [B, H, L, D] cache tensors.
     positions: [b, Tq] int64, where each new key/value is written along the cache's time axis.
-    rows: optional [b] int64 cache rows the batch maps to (None = rows 0..b-1, the whole cache).
+    rows: optional [b] int64 cache rows the batch maps to (None = all rows, b == B).
     """
 
-    cache: StaticKVCache
-    slot: int
+    k: torch.Tensor
+    v: torch.Tensor
     positions: torch.Tensor
     rows: torch.Tensor | None = None
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v ([b, H, Tq, D]) and return the slot's keys and values for these rows."""
-        kc, vc = self.cache.k[self.slot], self.cache.v[self.slot]
+        kc, vc = self.k, self.v
         b, H, Tq, D = k.shape
         idx = self.positions[:, None, :, None].expand(b, H, Tq, D)
-        if self.rows is None and b == self.cache.batch_size:
+        if self.rows is None:
             kc.scatter_(2, idx, k.to(kc.dtype))
             vc.scatter_(2, idx, v.to(vc.dtype))
             return kc, vc
-        rows = self.rows if self.rows is not None else torch.arange(b, device=k.device)
-        kr, vr = kc[rows], vc[rows]
-        kr.scatter_(2, idx, k.to(kc.dtype))
-        vr.scatter_(2, idx, v.to(vc.dtype))
-        kc[rows] = kr
-        vc[rows] = vr
+        kr = kc.index_select(0, self.rows).scatter_(2, idx, k.to(kc.dtype))
+        vr = vc.index_select(0, self.rows).scatter_(2, idx, v.to(vc.dtype))
+        kc.index_copy_(0, self.rows, kr)
+        vc.index_copy_(0, self.rows, vr)
         return kr, vr

@@ -7,6 +7,7 @@ Parameter names follow the released checkpoint's on-disk layout (`attn.gqkv_proj
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -121,7 +122,12 @@ class Block(nn.Module):
 
 
 class Stack(nn.Module):
-    """`n` pre-norm blocks then one final norm at the exit: MagicNorm (SPEC section 2)."""
+    """`n` pre-norm blocks then one final norm at the exit: MagicNorm (SPEC section 2).
+
+    `layer_call`, when set, runs each block as `layer_call(block, x, rope, mask, cache_view)`: the
+    inference engine points it at one compiled function while decoding, so every block of every
+    stack call shares a single compiled kernel set.
+    """
 
     def __init__(self, n_layers: int, hidden_size: int, num_heads: int, head_dim: int, intermediate_size: int, eps: float):
         super().__init__()
@@ -129,6 +135,7 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(
             [Block(hidden_size, num_heads, head_dim, intermediate_size, eps) for _ in range(n_layers)]
         )
+        self.layer_call: Callable[..., torch.Tensor] | None = None
 
     def forward(
         self,
@@ -137,6 +144,8 @@ class Stack(nn.Module):
         mask: AttnMask,
         cache_views: list[CacheView] | None = None,
     ) -> torch.Tensor:
+        call = self.layer_call
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, mask, None if cache_views is None else cache_views[i])
+            view = None if cache_views is None else cache_views[i]
+            x = layer(x, rope, mask, view) if call is None else call(layer, x, rope, mask, view)
         return rms_norm(x, self.eps)
