@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from hrm_text.model.attention import AttnMask
+from hrm_text.model.attention import AttnMask, attention
 from hrm_text.model.lm import HRMTextLM
 
 
@@ -110,7 +110,7 @@ class Engine:
         # bound. One compiled block function (shared by every block and stack call) fuses the
         # element-wise work; the CUDA graph then replays the whole step.
         use_compile = self.device.type == "cuda" if compile is None else compile
-        self._block_fn = torch.compile(_run_block, dynamic=False) if use_compile else None
+        self._block_fn = _CompiledDecodeBlock() if use_compile else None
 
     # ------------------------------------------------------------------ model calls
     @torch.no_grad()
@@ -295,8 +295,27 @@ class Engine:
         return Result(row.req.request_id, row.req.prompt_ids, row.generated, reason, text)
 
 
-def _run_block(block: torch.nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: AttnMask, view: object) -> torch.Tensor:
-    return block(x, rope, mask, view)
+class _CompiledDecodeBlock:
+    """Runs a block as compiled(norm, gqkv, rope) -> eager cache write + attention -> compiled(gate,
+    o_proj, residual, norm, SwiGLU, residual). Both compiled parts are shared by every block."""
+
+    def __init__(self) -> None:
+        self.pre = torch.compile(_block_pre, dynamic=False)
+        self.post = torch.compile(_block_post, dynamic=False)
+
+    def __call__(self, block: torch.nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: AttnMask, view: object) -> torch.Tensor:
+        gate, q, k, v = self.pre(block, x, rope)
+        if view is not None:
+            k, v = view.update(k, v)  # type: ignore[attr-defined]
+        return self.post(block, x, gate, attention(q, k, v, mask))
+
+
+def _block_pre(block: torch.nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return block.attn_inputs(x, rope)  # type: ignore[operator]
+
+
+def _block_post(block: torch.nn.Module, x: torch.Tensor, gate: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    return block.attn_finish(x, gate, attn_out)  # type: ignore[operator]
 
 
 def greedy(engine: Engine, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:

@@ -72,6 +72,21 @@ class GatedAttention(nn.Module):
         trunc_normal_(self.gqkv_proj.weight, 1.0 / math.sqrt(self.gqkv_proj.in_features))
         trunc_normal_(self.o_proj.weight, 1.0 / math.sqrt(self.o_proj.in_features))
 
+    def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """gate [B, T, H, D] and rotated q, k and v [B, H, T, D] from the fused projection."""
+        B, T, _ = x.shape
+        gate, q, k, v = self.gqkv_proj(x).view(B, T, 4, self.num_heads, self.head_dim).unbind(2)
+        cos, sin = rope
+        q = apply_rope(q, cos, sin).transpose(1, 2)
+        k = apply_rope(k, cos, sin).transpose(1, 2)
+        return gate, q, k, v.transpose(1, 2)
+
+    def output(self, gate: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """Per-channel sigmoid gate on the attention output [B, H, T, D], then o_proj."""
+        B, _, T, _ = attn_out.shape
+        out = torch.sigmoid(gate) * attn_out.transpose(1, 2)
+        return self.o_proj(out.reshape(B, T, -1))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -79,17 +94,10 @@ class GatedAttention(nn.Module):
         mask: AttnMask,
         cache: CacheView | None = None,
     ) -> torch.Tensor:
-        B, T, _ = x.shape
-        gate, q, k, v = self.gqkv_proj(x).view(B, T, 4, self.num_heads, self.head_dim).unbind(2)
-        cos, sin = rope
-        q = apply_rope(q, cos, sin).transpose(1, 2)
-        k = apply_rope(k, cos, sin).transpose(1, 2)
-        v = v.transpose(1, 2)
+        gate, q, k, v = self.project(x, rope)
         if cache is not None:
             k, v = cache.update(k, v)
-        out = attention(q, k, v, mask).transpose(1, 2)  # [B, T, H, D]
-        out = torch.sigmoid(gate) * out
-        return self.o_proj(out.reshape(B, T, -1))
+        return self.output(gate, attention(q, k, v, mask))
 
 
 class SwiGLU(nn.Module):
@@ -118,6 +126,16 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: AttnMask, cache: CacheView | None = None) -> torch.Tensor:
         x = x + self.attn(rms_norm(x, self.eps), rope, mask, cache)
+        return x + self.mlp(rms_norm(x, self.eps))
+
+    # The same computation in three parts, for the decode path: the two dense parts are compiled
+    # once and shared by every block; the cache write and attention between them stay eager (a
+    # compiled in-place write into a cache passed as input can copy the whole cache).
+    def attn_inputs(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return self.attn.project(rms_norm(x, self.eps), rope)
+
+    def attn_finish(self, x: torch.Tensor, gate: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn.output(gate, attn_out)
         return x + self.mlp(rms_norm(x, self.eps))
 
 
