@@ -134,7 +134,9 @@ class Engine:
         return self.model.lm_head(last).float()
 
     def _decode_eager(self) -> torch.Tensor:
-        dense = (self._key_idx[None, :] <= self._pos).view(self.max_batch, 1, 1, self.max_len)
+        # additive float mask built once per step (a boolean one is converted again in every layer)
+        valid = (self._key_idx[None, :] <= self._pos).view(self.max_batch, 1, 1, self.max_len)
+        dense = torch.zeros(valid.shape, dtype=self.dtype, device=self.device).masked_fill_(~valid, float("-inf"))
         stacks = list(self.model.model.stacks().values())
         for st in stacks:
             st.layer_call = self._block_fn

@@ -171,6 +171,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask)
     if mask.kind == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense)
     if mask.kind == "flex":
+        if torch.compiler.is_compiling():  # already inside a compiled region (e.g. a compiled block)
+            from torch.nn.attention.flex_attention import flex_attention
+
+            return flex_attention(q, k, v, block_mask=mask.block_mask)
         return _compiled_flex()(q, k, v, block_mask=mask.block_mask)
     if mask.kind == "fa3":
         assert mask.varlen is not None
