@@ -176,3 +176,15 @@ def test_bad_config_messages_name_key_and_allowed_values():
         model_config("tiny", n_layers=3)
     with pytest.raises(ConfigError, match="unknown key model.hiden_size"):
         model_config("tiny", hiden_size=3)
+
+
+def test_model_info_cli():
+    from typer.testing import CliRunner
+
+    from hrm_text.cli import app
+
+    r = CliRunner().invoke(app, ["model-info", "--preset", "XL"])
+    assert r.exit_code == 0, r.output
+    assert "1,182.8M total" in r.output and "L L L H L L L H" in r.output
+    r = CliRunner().invoke(app, ["model-info", "--preset", "XS"])
+    assert r.exit_code == 2 and "unknown preset" in r.output
