@@ -136,3 +136,15 @@ def test_sft_starts_from_pretrained_ema_weights(trained_tiny, tiny_data, tmp_pat
     r_fresh = train(fresh, resume=None, progress=False)
     assert r_sft.losses[0] < r_fresh.losses[0] - 1.0  # pretrained weights were really loaded
     assert (r_sft.final_checkpoint / "COMPLETE").is_file()
+
+
+def test_eval_during_training_logs_heldout_loss_and_exact_match(tiny_data, tmp_path):
+    cfg = load_config(None, tiny_train_overrides(tiny_data, tmp_path / "run", 4) + [
+        f"data.heldout_dir={tiny_data['sampled']}", f"data.heldout_jsonl={tiny_data['heldout']}",
+        "train.eval_every=2", "train.eval_limit=4"])
+    res = train(cfg, resume=None, progress=False)
+    assert [e["step"] for e in res.eval_history] == [2, 4]
+    for e in res.eval_history:
+        assert 0 < e["heldout_loss"] < 10 and 0 <= e["exact_match"] <= 100
+    recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/heldout_loss" in r for r in recs) and any("eval/exact_match" in r for r in recs)

@@ -39,12 +39,7 @@ def train_cmd(
         cfg = load_config(config, over)
         from hrm_text.train.trainer import train
 
-        eval_fn = None
-        if (cfg.data.heldout_jsonl or (cfg.eval.paper_data_dir and cfg.eval.paper_limit > 0)) and cfg.train.eval_every > 0:
-            from hrm_text.train.evaluation import make_eval_fn
-
-            eval_fn = make_eval_fn(cfg)
-        result = train(cfg, resume=None if resume.lower() == "none" else resume, eval_fn=eval_fn)
+        result = train(cfg, resume=None if resume.lower() == "none" else resume)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)

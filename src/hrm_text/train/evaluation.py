@@ -1,5 +1,7 @@
 """Evaluation during training (greedy, EMA weights) every `train.eval_every` steps:
 
+- held-out loss on `data.heldout_dir` (a `hrm-text data sample` output), `train.eval_limit` rows
+  of `data.tokens_per_rank` tokens, response tokens only, full recurrence;
 - held-out exact match on `data.heldout_jsonl` (the built-in suite), `train.eval_limit` rows per file;
 - optionally a `--limit`-ed paper suite from local files: `eval.paper_data_dir` with
   `eval.paper_limit` items per benchmark, answers capped at `eval.max_new_tokens` so a CoT benchmark
@@ -26,7 +28,8 @@ def make_eval_fn(cfg: Config, max_new_tokens: int = 32) -> Callable[[HRMTextLM, 
     from hrm_text.infer.textgen import make_engine, text_generate_fn
 
     use_paper = bool(cfg.eval.paper_data_dir) and cfg.eval.paper_limit > 0
-    assert cfg.data.heldout_jsonl or use_paper
+    assert cfg.data.heldout_jsonl or use_paper or cfg.data.heldout_dir
+    heldout_rows = _heldout_rows(cfg) if cfg.data.heldout_dir else []
     items = builtin_items(cfg.data.heldout_jsonl, limit=cfg.train.eval_limit) if cfg.data.heldout_jsonl else []
     paper = (paper_items(cfg.eval.paper_data_dir, limit=cfg.eval.paper_limit, source="local")
              if use_paper else [])
@@ -41,6 +44,17 @@ def make_eval_fn(cfg: Config, max_new_tokens: int = 32) -> Callable[[HRMTextLM, 
             tok = TextTokenizer.load(SampledData(cfg.data.sampled_dir).metadata["tokenizer_dir"])
         model.eval()
         out: dict[str, float] = {}
+        if heldout_rows:
+            dev = next(model.parameters()).device
+            loss, n = 0.0, 0
+            with torch.no_grad():
+                for b in heldout_rows:
+                    b = b.to(dev)
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                        r = model.loss(b)
+                    loss += float(r.loss_sum)
+                    n += int(r.num_tokens)
+            out["heldout_loss"] = loss / max(n, 1)
         if items:
             longest = max(len(tok.encode_prompt(it.instruction, it.condition)) for it in items)
             engine = make_engine(model, tok, max_batch=min(64, len(items)), max_len=min(model.cfg.max_seq_len, longest + max_new_tokens + 2))
@@ -63,3 +77,17 @@ def make_eval_fn(cfg: Config, max_new_tokens: int = 32) -> Callable[[HRMTextLM, 
         return out
 
     return eval_fn
+
+
+def _heldout_rows(cfg: Config) -> list:
+    """The first `train.eval_limit` packed rows of the held-out sampled data (same rows every time)."""
+    from hrm_text.data.loader import PackedLoader
+
+    loader = PackedLoader(cfg.data.heldout_dir, cfg.data.tokens_per_rank, prefetch=False, epochs=1)
+    rows = []
+    for b in loader:
+        rows.append(b)
+        if len(rows) >= max(1, cfg.train.eval_limit):
+            break
+    loader.close()
+    return rows

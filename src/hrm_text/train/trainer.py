@@ -137,6 +137,11 @@ def train(
     from hrm_text.data.loader import PackedLoader
 
     data, tok = check_data(cfg)
+    wants_eval = cfg.data.heldout_jsonl or cfg.data.heldout_dir or (cfg.eval.paper_data_dir and cfg.eval.paper_limit > 0)
+    if eval_fn is None and cfg.train.eval_every > 0 and wants_eval:
+        from hrm_text.train.evaluation import make_eval_fn
+
+        eval_fn = make_eval_fn(cfg)  # built now: a missing held-out file fails before training starts
     dist = init_distributed()
     device = _device(dist)
     t = cfg.train
