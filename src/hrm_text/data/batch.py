@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Sequence
 
+import numpy as np
 import torch
 
 IGNORE_INDEX = -100
@@ -50,36 +51,45 @@ class PackedBatch:
 Example = tuple[Sequence[int], Sequence[int]]  # (instruction part incl. boq/conds/eoq, response part incl. eoa)
 
 
+def layout_row(examples: Sequence[Example], row_len: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Lay out one packed row (numpy, for the loader's worker): the reference layout above."""
+    input_ids = np.full(row_len, pad_id, dtype=np.int64)
+    labels = np.full(row_len, IGNORE_INDEX, dtype=np.int64)
+    position_ids = np.zeros(row_len, dtype=np.int64)
+    doc_ids = np.full(row_len, -1, dtype=np.int32)
+    is_prefix = np.zeros(row_len, dtype=np.bool_)
+    cur = 0
+    for d, (inst, resp) in enumerate(examples):
+        p, r = len(inst), len(resp)
+        n = p + r
+        if p < 1 or r < 1:
+            raise ValueError(f"example {d}: instruction and response need at least one token each")
+        if cur + n > row_len:
+            raise ValueError(f"examples need {cur + n} tokens but the row holds {row_len}")
+        input_ids[cur : cur + p] = np.asarray(inst)
+        input_ids[cur + p : cur + n] = np.asarray(resp)
+        # position t predicts token t+1 when t+1 is a response token: targets are the response
+        labels[cur + p - 1 : cur + n - 1] = input_ids[cur + p : cur + n]
+        position_ids[cur : cur + n] = np.arange(n)
+        doc_ids[cur : cur + n] = d
+        is_prefix[cur : cur + p] = True
+        cur += n
+    # padding: positions continue from 0 so RoPE stays in range; no loss, own doc id -1
+    if cur < row_len:
+        position_ids[cur:] = np.arange(row_len - cur)
+    return dict(input_ids=input_ids, labels=labels, position_ids=position_ids, doc_ids=doc_ids, is_prefix=is_prefix)
+
+
 def pack_rows(rows: Sequence[Sequence[Example]], row_len: int, pad_id: int = 0) -> PackedBatch:
     """Build a PackedBatch from rows of (instruction_ids, response_ids) examples.
 
-    Each row must fit in `row_len` tokens; the remainder is padding. This is the reference layout:
-    the multipack sampler decides which examples go in which row, this function lays them out.
+    Each row must fit in `row_len` tokens; the remainder is padding. The multipack sampler decides
+    which examples go in which row; this function lays them out.
     """
-    B = len(rows)
-    input_ids = torch.full((B, row_len), pad_id, dtype=torch.long)
-    labels = torch.full((B, row_len), IGNORE_INDEX, dtype=torch.long)
-    position_ids = torch.zeros((B, row_len), dtype=torch.long)
-    doc_ids = torch.full((B, row_len), -1, dtype=torch.int32)
-    is_prefix = torch.zeros((B, row_len), dtype=torch.bool)
+    laid = []
     for b, row in enumerate(rows):
-        cur = 0
-        for d, (inst, resp) in enumerate(row):
-            p, r = len(inst), len(resp)
-            n = p + r
-            if p < 1 or r < 1:
-                raise ValueError(f"row {b} example {d}: instruction and response need at least one token each")
-            if cur + n > row_len:
-                raise ValueError(f"row {b}: examples need {cur + n} tokens but the row holds {row_len}")
-            toks = torch.as_tensor(list(inst) + list(resp), dtype=torch.long)
-            input_ids[b, cur : cur + n] = toks
-            # position t predicts token t+1 when t+1 is a response token: targets are toks[p:]
-            labels[b, cur + p - 1 : cur + n - 1] = toks[p:]
-            position_ids[b, cur : cur + n] = torch.arange(n)
-            doc_ids[b, cur : cur + n] = d
-            is_prefix[b, cur : cur + p] = True
-            cur += n
-        # padding: positions continue from 0 so RoPE stays in range; no loss, own doc id -1
-        if cur < row_len:
-            position_ids[b, cur:] = torch.arange(row_len - cur)
-    return PackedBatch(input_ids, labels, position_ids, doc_ids, is_prefix)
+        try:
+            laid.append(layout_row(row, row_len, pad_id))
+        except ValueError as e:
+            raise ValueError(f"row {b}: {e}") from None
+    return PackedBatch(**{k: torch.from_numpy(np.stack([r[k] for r in laid])) for k in laid[0]})

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .batch import IGNORE_INDEX, PackedBatch
+from .batch import PackedBatch, layout_row
 
 SAMPLED_FORMAT_VERSION = 1
 
@@ -150,31 +150,7 @@ def plan_steps(
     return steps, dropped
 
 
-def build_row(examples: list[tuple[np.ndarray, np.ndarray]], row_len: int, pad_id: int) -> dict[str, np.ndarray]:
-    """Lay out one packed row (same semantics as `batch.pack_rows`, numpy for speed)."""
-    input_ids = np.full(row_len, pad_id, dtype=np.int64)
-    labels = np.full(row_len, IGNORE_INDEX, dtype=np.int64)
-    position_ids = np.zeros(row_len, dtype=np.int64)
-    doc_ids = np.full(row_len, -1, dtype=np.int32)
-    is_prefix = np.zeros(row_len, dtype=np.bool_)
-    cur = 0
-    for d, (inst, resp) in enumerate(examples):
-        p, r = len(inst), len(resp)
-        n = p + r
-        if p < 1 or r < 1:
-            raise ValueError(f"example {d}: instruction and response need at least one token each")
-        if cur + n > row_len:
-            raise ValueError(f"examples need {cur + n} tokens but the row holds {row_len}")
-        input_ids[cur : cur + p] = inst
-        input_ids[cur + p : cur + n] = resp
-        labels[cur + p - 1 : cur + n - 1] = input_ids[cur + p : cur + n]
-        position_ids[cur : cur + n] = np.arange(n)
-        doc_ids[cur : cur + n] = d
-        is_prefix[cur : cur + p] = True
-        cur += n
-    if cur < row_len:
-        position_ids[cur:] = np.arange(row_len - cur)
-    return dict(input_ids=input_ids, labels=labels, position_ids=position_ids, doc_ids=doc_ids, is_prefix=is_prefix)
+build_row = layout_row  # one row of a packed batch; kept under this name for callers
 
 
 def _to_batch(row: dict[str, np.ndarray]) -> PackedBatch:
