@@ -32,6 +32,7 @@ def main() -> int:
     ap.add_argument("--tokens-per-rank", type=int, default=8192)
     ap.add_argument("--work", default="/tmp/fsdp_check")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--set", action="append", default=[], help="extra section.key=value overrides for both runs")
     args = ap.parse_args()
     data = Path(args.data).resolve()
     work = Path(args.work)
@@ -39,14 +40,14 @@ def main() -> int:
         f"model.preset={args.preset}", f"data.sampled_dir={data / 'sampled'}", f"data.tokenizer_dir={data / 'tokenizer'}",
         f"data.tokens_per_rank={args.tokens_per_rank}", f"train.global_batch_tokens={args.tokens_per_rank * args.gpus}",
         f"train.max_steps={args.steps}", "train.log_every=1", "train.lr=1e-3", "train.lr_warmup_steps=2",
-        "train.ckpt_every=4", "train.tensorboard=false",
+        "train.ckpt_every=4", "train.tensorboard=false", *args.set,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     multi, single = work / "multi", work / "single"
     cmd_multi = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.gpus), "-m", "hrm_text.cli",
                  "train", *common, f"train.out_dir={multi}", "--resume", "none"]
     cmd_single = [sys.executable, "-m", "hrm_text.cli", "train", *common, f"train.out_dir={single}", "--resume", "none"]
-    res: dict = {"gpus": args.gpus, "preset": args.preset, "steps": args.steps, "tokens_per_rank": args.tokens_per_rank}
+    res: dict = {"overrides": args.set, "gpus": args.gpus, "preset": args.preset, "steps": args.steps, "tokens_per_rank": args.tokens_per_rank}
     for name, cmd in (("multi", cmd_multi), ("single", cmd_single)):
         p = subprocess.run(cmd, env=env, capture_output=True, text=True)
         (work / f"{name}.log").parent.mkdir(parents=True, exist_ok=True)

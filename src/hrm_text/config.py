@@ -154,6 +154,9 @@ class TrainConfig:
     full_bp_from_start: bool = False  # SFT: K = bp_max_steps from step 1
     dtype: Literal["bf16", "fp32"] = "bf16"
     compile: bool = True
+    # FSDP2: free a block's gathered weights after each call (True) or keep them until backward
+    # (False: fewer all-gathers, since HRM calls each block several times per step; more memory)
+    fsdp_reshard_after_forward: bool = True
     seed: int = 0
     ckpt_every: int = 1000
     ckpt_keep: int = 3

@@ -176,7 +176,8 @@ def train(
         model = build_model(cfg, tok.vocab_size, device, init_from)
         use_bf16 = t.dtype == "bf16" and device.type == "cuda"
         if dist.world_size > 1:
-            apply_fsdp2(model, model.blocks(), mp_dtype=torch.bfloat16 if use_bf16 else None)
+            apply_fsdp2(model, model.blocks(), mp_dtype=torch.bfloat16 if use_bf16 else None,
+                        reshard_after_forward=t.fsdp_reshard_after_forward)
         if t.compile and device.type == "cuda":
             for blk in model.blocks():
                 blk.compile()
