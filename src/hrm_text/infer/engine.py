@@ -301,9 +301,14 @@ class _CompiledDecodeBlock:
     """Runs a block as compiled(norm, gqkv, rope) -> eager cache write + attention -> compiled(gate,
     o_proj, residual, norm, SwiGLU, residual). Both compiled parts are shared by every block."""
 
-    def __init__(self) -> None:
-        self.pre = torch.compile(_block_pre, dynamic=False)
-        self.post = torch.compile(_block_post, dynamic=False)
+    def __init__(self, mode: str | None = None) -> None:
+        # HRM_TEXT_DECODE_COMPILE_MODE=max-autotune-no-cudagraphs lets inductor tune the decode matmuls
+        # (minutes of compilation at start-up); the default mode compiles in seconds
+        import os
+
+        mode = mode or os.environ.get("HRM_TEXT_DECODE_COMPILE_MODE") or None
+        self.pre = torch.compile(_block_pre, dynamic=False, mode=mode)
+        self.post = torch.compile(_block_post, dynamic=False, mode=mode)
 
     def __call__(self, block: torch.nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: AttnMask, view: object) -> torch.Tensor:
         gate, q, k, v = self.pre(block, x, rope)
