@@ -309,22 +309,12 @@ class _CompiledDecodeBlock:
         mode = mode or os.environ.get("HRM_TEXT_DECODE_COMPILE_MODE") or None
         self.pre = torch.compile(_block_pre, dynamic=False, mode=mode)
         self.post = torch.compile(_block_post, dynamic=False, mode=mode)
-        self.one_query = torch.compile(_one_query_attention, dynamic=False, mode=mode)
 
     def __call__(self, block: torch.nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: AttnMask, view: object) -> torch.Tensor:
         gate, q, k, v = self.pre(block, x, rope)
         if view is not None:
             k, v = view.update(k, v)  # type: ignore[attr-defined]
-        if q.shape[2] == 1 and mask.kind == "sdpa" and mask.dense is not None and mask.dense.is_floating_point():
-            # one query per row (decode): two small matmuls and a fused softmax beat a flash kernel
-            return self.post(block, x, gate, self.one_query(q, k, v, mask.dense))
         return self.post(block, x, gate, attention(q, k, v, mask))
-
-
-def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + bias) v for q [B, H, 1, D]; scores and softmax in float32."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5) + bias
-    return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
 
 
 def _block_pre(block: torch.nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
