@@ -57,21 +57,9 @@ def build_ours(preset: str, dev: torch.device, dtype: torch.dtype, max_len: int)
 def build_hf(our_cfg: Any, dev: torch.device, dtype: torch.dtype):  # -> HrmTextForCausalLM
     import transformers
 
-    hf_cfg = transformers.HrmTextConfig(
-        vocab_size=our_cfg.padded_vocab_size,
-        hidden_size=our_cfg.hidden_size,
-        intermediate_size=our_cfg.intermediate_size,
-        num_hidden_layers=our_cfg.half_layers,
-        num_attention_heads=our_cfg.num_heads,
-        head_dim=our_cfg.head_dim,
-        H_cycles=our_cfg.H_cycles,
-        L_cycles=our_cfg.L_cycles,
-        initializer_range=our_cfg.hidden_size**-0.5,
-        rope_parameters={"rope_theta": our_cfg.rope_theta, "rope_type": "default"},
-        max_position_embeddings=our_cfg.max_seq_len,
-        eos_token_id=None,
-        pad_token_id=0,
-    )
+    from hrm_text.model.hf_adapter import to_hf_config
+
+    hf_cfg = transformers.HrmTextConfig.from_dict(to_hf_config(our_cfg, {"pad": 0}))
     with torch.device(dev):
         hf = transformers.HrmTextForCausalLM._from_config(hf_cfg, attn_implementation="sdpa", dtype=dtype)
     hf = hf.to(device=dev, dtype=dtype).eval()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import time
 
 import torch
+from cuda_timing import timed_steps
 
 
 def main() -> None:
@@ -55,27 +55,13 @@ def main() -> None:
         K = cfg.bp_max_steps
         flops_tok = train_flops_per_token(cfg, K)
 
-        def step() -> float:
+        def step(_i: int) -> float:
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 out = model.loss(batch, bp_steps=K)
             (out.loss_sum / out.num_tokens).backward()
             return out.loss_sum.item()
 
-        t0 = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        first = time.perf_counter() - t0
-        step()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(args.iters):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            step()
-            e.record()
-            torch.cuda.synchronize()
-            times.append(s.elapsed_time(e) / 1e3)
+        first, times, _ = timed_steps(step, args.iters)
         times.sort()
         med = times[len(times) // 2]
         tps = used / med  # real (non-padding) tokens only

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import time
 
 import torch
+from cuda_timing import timed_steps
 
 
 def synthetic_batch(T: int, vocab: int, seed: int):
@@ -77,23 +77,8 @@ def main() -> None:
         ema.update(model)
         return loss_sum.item(), real
 
-    t0 = time.perf_counter()
-    step(0)
-    torch.cuda.synchronize()
-    first = time.perf_counter() - t0
-    step(1)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    times, reals, losses = [], [], []
-    for i in range(args.steps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        loss, real = step(i + 2)
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) / 1e3)
-        reals.append(real)
-        losses.append(loss)
+    first, times, outs = timed_steps(step, args.steps)
+    losses, reals = [o[0] for o in outs], [o[1] for o in outs]
     med = sorted(times)[len(times) // 2]
     tps = sum(reals) / sum(times)
     res = {
@@ -102,7 +87,7 @@ def main() -> None:
         "first_step_s": round(first, 2), "median_step_s": round(med, 4),
         "real_tokens_per_s": round(tps, 1),
         "mfu_paper_flops": round(tps * train_flops_per_token(cfg, K) / peak, 4),
-        "mfu_with_head_and_attention": round(tps * train_flops_per_token(cfg, K, include_head=True, seq_len=None) / peak, 4),
+        "mfu_with_head": round(tps * train_flops_per_token(cfg, K, include_head=True) / peak, 4),
         "peak": peak, "peak_source": peak_src,
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "losses": [round(x, 4) for x in losses],

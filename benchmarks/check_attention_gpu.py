@@ -10,7 +10,6 @@ import argparse
 import json
 import random
 import sys
-import time
 
 import torch
 
@@ -59,7 +58,6 @@ def main() -> int:
     for backend in ("sdpa", "flex"):
         m = build_prefix_lm_mask(batch.doc_ids, batch.is_prefix, backend)
         o = attention(q, k, v, m)
-        go = torch.randn_like(o, generator=None)
         torch.manual_seed(1)
         go = torch.randn_like(o)
         grads = torch.autograd.grad(o, (q, k, v), go)
@@ -73,7 +71,6 @@ def main() -> int:
     results["attn_grad_rel_err_flex_vs_sdpa"] = [rel_err(a, b) for a, b in zip(outs["flex"][1], outs["sdpa"][1])]
     results["finite"] = all(torch.isfinite(t).all().item() for o in outs.values() for t in [o[0], *o[1]])
     # whole model, bf16 autocast, loss and grads
-    cfg_s = model_config("XL", n_layers=4, vocab_size=4096, max_seq_len=T)
     losses = {}
     grads = {}
     for backend in ("sdpa", "flex"):

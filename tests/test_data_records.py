@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 from test_data_common import tiny_tokenizer, write_jsonl

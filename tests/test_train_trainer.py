@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from hrm_text.config import ConfigError, load_config
 from hrm_text.train.trainer import train

@@ -227,18 +227,21 @@ for _c in range(81):
     _PEERS.append(sorted(_p))
 
 
+def _free_digits(g: list[int], c: int) -> int:
+    """Bitmask of the digits not used by any peer of cell `c` (bit d-1 set = digit d possible)."""
+    used = 0
+    for p in _PEERS[c]:
+        if g[p]:
+            used |= 1 << (g[p] - 1)
+    return _ALL & ~used
+
+
 def count_solutions(grid: list[int], limit: int = 2) -> int:
     """Number of solutions of a 9x9 grid (0 = empty), stopping at `limit`. Bitmask DFS with MRV."""
-    cand = [0] * 81
     g = list(grid)
     for c in range(81):
         if g[c] == 0:
-            used = 0
-            for p in _PEERS[c]:
-                if g[p]:
-                    used |= 1 << (g[p] - 1)
-            cand[c] = _ALL & ~used
-            if cand[c] == 0:
+            if _free_digits(g, c) == 0:
                 return 0
         elif any(g[p] == g[c] for p in _PEERS[c]):
             return 0
@@ -247,26 +250,19 @@ def count_solutions(grid: list[int], limit: int = 2) -> int:
 
     def solve() -> bool:
         nonlocal count
-        best, bc = -1, 10
-        for c in range(81):
+        best, best_mask, bc = -1, 0, 10
+        for c in range(81):  # the empty cell with the fewest candidates (MRV)
             if g[c] == 0:
-                used = 0
-                for p in _PEERS[c]:
-                    if g[p]:
-                        used |= 1 << (g[p] - 1)
-                m = _ALL & ~used
+                m = _free_digits(g, c)
                 n = bin(m).count("1")
                 if n < bc:
-                    best, bc = c, n
-                    cand[c] = m
+                    best, best_mask, bc = c, m, n
                     if n <= 1:
                         break
-                else:
-                    cand[c] = m
         if best < 0:
             count += 1
             return count >= limit
-        m = cand[best]
+        m = best_mask
         while m:
             bit = m & -m
             m ^= bit

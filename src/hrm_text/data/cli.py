@@ -6,7 +6,6 @@ line naming the file (and line) and a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import List, Optional

@@ -174,7 +174,10 @@ class PackedLoader:
         prefetch: bool = True,
         prefetch_depth: int = 4,
         lookahead: float = 2.0,
+        share_plans_with: "PackedLoader | None" = None,
     ) -> None:
+        """`share_plans_with`: another loader over the same data and layout (another rank slot of
+        the same process); the epoch plan covers every rank, so it is computed once and shared."""
         self.data = data if isinstance(data, SampledData) else SampledData(data)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} must be in [0, {world_size})")
@@ -196,10 +199,17 @@ class PackedLoader:
         self._epoch, self._batch = 0, 0
         self._plans: dict[int, list[list[np.ndarray]]] = {}
         self._dropped: dict[int, int] = {}
+        self._lock = threading.Lock()
+        if share_plans_with is not None:
+            o = share_plans_with
+            same = (o.data is self.data, o.tokens_per_rank == self.tokens_per_rank, o.world_size == self.world_size,
+                    o.seed == self.seed, o.lookahead == self.lookahead)
+            if not all(same):
+                raise ValueError("share_plans_with needs a loader over the same data, budget, world size and seed")
+            self._plans, self._dropped, self._lock = o._plans, o._dropped, o._lock
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
-        self._lock = threading.Lock()
 
     # ---- planning ---------------------------------------------------------------------------------
     def _plan(self, epoch: int) -> list[list[np.ndarray]]:

@@ -76,18 +76,9 @@ class HRMTextLM(nn.Module):
     ) -> torch.Tensor:
         return self.model(input_ids, position_ids, mask, bp_steps, cache, cache_positions, cache_rows)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        position_ids: torch.Tensor,
-        mask: AttnMask,
-        bp_steps: int | None = None,
-        cache: StaticKVCache | None = None,
-        cache_positions: torch.Tensor | None = None,
-        cache_rows: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits [B, T, padded_vocab]."""
-        return self.lm_head(self.hidden(input_ids, position_ids, mask, bp_steps, cache, cache_positions, cache_rows))
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: AttnMask, *args, **kwargs) -> torch.Tensor:
+        """Logits [B, T, padded_vocab]; further arguments as for `hidden`."""
+        return self.lm_head(self.hidden(input_ids, position_ids, mask, *args, **kwargs))
 
     def loss(self, batch: PackedBatch, bp_steps: int | None = None, mask: AttnMask | None = None) -> LossOutput:
         """Response-only cross-entropy (SPEC section 3), summed; the caller normalises."""

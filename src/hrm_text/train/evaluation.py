@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -25,7 +25,6 @@ def make_eval_fn(cfg: Config, max_new_tokens: int = 32) -> Callable[[HRMTextLM, 
     evaluation hours into a run."""
     from hrm_text.data.tokenizer import TextTokenizer
     from hrm_text.eval.suites import builtin_items, paper_items, run_suite
-    from hrm_text.infer.textgen import make_engine, text_generate_fn
 
     use_paper = bool(cfg.eval.paper_data_dir) and cfg.eval.paper_limit > 0
     assert cfg.data.heldout_jsonl or use_paper or cfg.data.heldout_dir
@@ -56,14 +55,10 @@ def make_eval_fn(cfg: Config, max_new_tokens: int = 32) -> Callable[[HRMTextLM, 
                     n += int(r.num_tokens)
             out["heldout_loss"] = loss / max(n, 1)
         if items:
-            longest = max(len(tok.encode_prompt(it.instruction, it.condition)) for it in items)
-            engine = make_engine(model, tok, max_batch=min(64, len(items)), max_len=min(model.cfg.max_seq_len, longest + max_new_tokens + 2))
-            with torch.no_grad():
-                res = run_suite(items, text_generate_fn(engine, tok, max_new_tokens), batch_size=256)
+            res = exact_match(model, tok, items, max_new_tokens)
             for b in res.benchmarks.values():
                 out["exact_match"] = b.score
-                for g, metrics in b.groups.items():
-                    out[f"em_{g}"] = float(metrics.get(b.primary, next(iter(metrics.values()), 0.0)))
+            out.update({f"em_{g}": v for g, v in group_scores(res).items()})
         if paper:
             from hrm_text.eval.cli import SuiteGenerator
 
@@ -91,3 +86,21 @@ def _heldout_rows(cfg: Config) -> list:
             break
     loader.close()
     return rows
+
+
+def exact_match(model: HRMTextLM, tok: Any, items: list, max_new_tokens: int = 32) -> Any:
+    """Greedy exact-match of held-out items (built-in suite) with an engine sized to the prompts."""
+    from hrm_text.eval.suites import run_suite
+    from hrm_text.infer.textgen import make_engine, text_generate_fn
+
+    longest = max(len(tok.encode_prompt(it.instruction, it.condition)) for it in items)
+    engine = make_engine(model, tok, max_batch=min(64, len(items)),
+                         max_len=min(model.cfg.max_seq_len, longest + max_new_tokens + 2))
+    with torch.no_grad():
+        return run_suite(items, text_generate_fn(engine, tok, max_new_tokens), batch_size=256)
+
+
+def group_scores(result: Any) -> dict[str, float]:
+    """{group (held-out file or module): headline score} of a SuiteResult."""
+    return {g: float(m.get(b.primary, next(iter(m.values()), 0.0)))
+            for b in result.benchmarks.values() for g, m in b.groups.items()}

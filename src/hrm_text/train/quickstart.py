@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -33,15 +32,11 @@ def _echo(msg: str) -> None:
 
 
 def _exact_match(model: torch.nn.Module, tok, files: dict[str, Path], limit: int) -> tuple[dict[str, float], list]:
-    from hrm_text.eval.suites import builtin_items, run_suite
-    from hrm_text.infer.textgen import make_engine, text_generate_fn
+    from hrm_text.eval.suites import builtin_items
+    from hrm_text.train.evaluation import exact_match, group_scores
 
-    items = builtin_items({k: v for k, v in files.items()}, limit=limit)
-    engine = make_engine(model, tok, max_batch=64, max_len=64)
-    with torch.no_grad():
-        res = run_suite(items, text_generate_fn(engine, tok, max_new_tokens=12), batch_size=256)
-    scores = {g: m[b.primary] for b in res.benchmarks.values() for g, m in b.groups.items()}
-    return scores, res.items
+    res = exact_match(model, tok, builtin_items(dict(files), limit=limit), max_new_tokens=12)
+    return group_scores(res), res.items
 
 
 def run_quickstart(out: Path, minutes: float = 6.0, device: str | None = None, seed: int = 0) -> int:

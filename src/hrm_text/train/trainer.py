@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -157,9 +156,11 @@ def train(
         # step are then the same whatever W and accum are (1 process x 2 micro-steps sees exactly
         # what 2 processes x 1 see), and the loader state can be restored on another GPU count.
         virtual_world = dist.world_size * accum
-        loaders = [PackedLoader(data, cfg.data.tokens_per_rank, rank=m * dist.world_size + dist.rank,
-                                world_size=virtual_world, seed=cfg.data.seed, prefetch=cfg.data.num_workers > 0)
-                   for m in range(accum)]
+        loaders: list[PackedLoader] = []
+        for m in range(accum):  # the epoch plan covers all slots: computed once, shared
+            loaders.append(PackedLoader(data, cfg.data.tokens_per_rank, rank=m * dist.world_size + dist.rank,
+                                        world_size=virtual_world, seed=cfg.data.seed, prefetch=cfg.data.num_workers > 0,
+                                        share_plans_with=loaders[0] if loaders else None))
         loader = loaders[0]
         total_steps = total_steps_for(cfg, loader.steps_per_epoch)
 
@@ -217,23 +218,25 @@ def train(
                                         t.ckpt_keep, extra={"elapsed_s": logger.elapsed})
 
         interval = {"loss": 0.0, "correct": 0.0, "count": 0.0, "tokens": 0.0, "flops": 0.0}
+        flops_per_token: dict[int, float] = {}
         while step < total_steps and not stop.stop:
             # schedules take the 1-based number of the step about to run (as the reference trainer)
             K = bp_steps_at(step + 1, total_steps, cfg.model, t.full_bp_from_start)
             lr = lr_at(step + 1, t, total_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
-            micro: list[PackedBatch] = []
             try:
-                micro = [next(ld).to(device, non_blocking=True) for ld in loaders]
+                cpu_batches = [next(ld) for ld in loaders]
             except StopIteration:
                 break
-            local_count = torch.tensor(float(sum(b.num_loss_tokens for b in micro)), device=device)
-            global_count = all_reduce_sum(local_count.clone()) if dist.world_size > 1 else local_count
-            denom = global_count.clamp_min(1.0)
+            # token counts from the host copies: no device sync in the step
+            loss_tokens = float(sum(b.num_loss_tokens for b in cpu_batches))
+            real_tokens = float(sum(b.num_tokens for b in cpu_batches))
+            micro: list[PackedBatch] = [b.to(device, non_blocking=True) for b in cpu_batches]
+            count = torch.tensor(loss_tokens, device=device)
+            denom = (all_reduce_sum(count) if dist.world_size > 1 else count).clamp_min(1.0)
             loss_acc = torch.zeros((), device=device)
             correct_acc = torch.zeros((), device=device)
-            real_tokens = 0
             for i, b in enumerate(micro):
                 if dist.world_size > 1:  # reduce-scatter gradients once, after the last micro-batch
                     model.set_requires_gradient_sync(i == len(micro) - 1)  # type: ignore[operator]
@@ -242,21 +245,24 @@ def train(
                 (out.loss_sum / denom).backward()
                 loss_acc += out.loss_sum.detach()
                 correct_acc += out.num_correct.detach().float()
-                real_tokens += b.num_tokens
             opt.step()
             opt.zero_grad(set_to_none=True)
             ema.update(model)
             step += 1
-            stats = torch.stack([loss_acc, correct_acc, torch.tensor(float(real_tokens), device=device)])
-            if dist.world_size > 1:
+            stats = torch.stack([loss_acc, correct_acc, torch.tensor(real_tokens, device=device), denom])
+            if dist.world_size > 1:  # denom is already global; summing it over ranks is undone below
                 stats = all_reduce_sum(stats)
-            step_loss = (stats[0] / denom).item()
+            s_loss, s_correct, s_tokens, s_denom = stats.tolist()  # one device->host copy per step
+            s_denom /= dist.world_size
+            step_loss = s_loss / s_denom
             losses.append(step_loss)
-            interval["loss"] += stats[0].item()
-            interval["correct"] += stats[1].item()
-            interval["count"] += denom.item()
-            interval["tokens"] += stats[2].item()
-            interval["flops"] += stats[2].item() * train_flops_per_token(cfg.model, K)
+            interval["loss"] += s_loss
+            interval["correct"] += s_correct
+            interval["count"] += s_denom
+            interval["tokens"] += s_tokens
+            if K not in flops_per_token:
+                flops_per_token[K] = train_flops_per_token(cfg.model, K)
+            interval["flops"] += s_tokens * flops_per_token[K]
             if on_step is not None:
                 on_step(step, step_loss)
             if step % t.log_every == 0 or step == total_steps:
