@@ -1,9 +1,10 @@
 """lm-evaluation-harness backend `hrm_text`: PrefixLM-correct scoring of HRM-Text checkpoints.
 
-    hrm-text lm-eval --model hrm_text --model_args ckpt=PATH,device=cpu,batch_size=8,condition=direct \
+    lm_eval --model hrm_text --model_args ckpt=PATH,device=cpu,batch_size=8,condition=direct \
         --tasks arc_challenge
+    # the same: hrm-text lm-eval --model hrm_text ...
     # or, from Python:
-    import hrm_text.eval.lm_eval_adapter  # registers the backend
+    import hrm_text.eval.lm_eval_adapter  # registers the backend (optional once installed)
     lm_eval.simple_evaluate(model="hrm_text", model_args="ckpt=PATH", tasks=[...])
 
 Why not the stock `hf` backend: it feeds `context + continuation` as one causal sequence, so an
@@ -15,10 +16,13 @@ vs 0.12 for the two. Here every request is laid out exactly as in training:
     continuation  -> response `continuation`                    (causal, scored token by token)
 
 Registration: lm-eval 0.4.13 (the version this was written against) resolves `--model` names only
-from its own registry and has no plugin entry-point group, so a plain `lm_eval --model hrm_text`
-cannot find a backend that lives in another package. Importing this module registers it
-(`@register_model("hrm_text")`); `hrm-text lm-eval ...` imports it and then runs lm-eval's own CLI
-with the same arguments, and Python users import it before `simple_evaluate`.
+from its own registry and has no plugin entry-point group. Importing this module registers it
+(`@register_model("hrm_text")`). For a bare `lm_eval --model hrm_text`, installing the package
+adds `hrm_text_lm_eval.pth` + `_hrm_text_lm_eval_hook` (src/_hrm_text_lm_eval_hook.py, setup.py) to
+site-packages: at start-up it arranges for the lazy entry
+"hrm_text.eval.lm_eval_adapter:HRMTextLMEval" to be added when lm-eval imports `lm_eval.models`, so
+this module (and torch) is imported only when lm-eval builds the backend. `hrm-text lm-eval ...`
+imports this module and then runs lm-eval's own CLI with the same arguments (works uninstalled too).
 
 Decisions (documented in docs/EVALUATION.md):
   - `<eoa>` is NOT appended to continuations (`append_eoa=False`): lm-eval asks for the probability
