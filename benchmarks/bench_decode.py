@@ -68,11 +68,13 @@ def build_hf(our_cfg: Any, dev: torch.device, dtype: torch.dtype):  # -> HrmText
     return hf
 
 
-def bench_ours(model: Any, batch: int, prompt_len: int, new_tokens: int, dev: torch.device, graphs: bool) -> dict[str, float]:
+def bench_ours(
+    model: Any, batch: int, prompt_len: int, new_tokens: int, dev: torch.device, graphs: bool, **engine_kw: Any
+) -> dict[str, float]:
     from hrm_text.infer.engine import Engine, Request, SamplingParams
 
     vocab = model.cfg.vocab_size
-    eng = Engine(model, eoa_id=-1, max_batch=batch, max_len=prompt_len + new_tokens + 8, cuda_graphs=graphs)
+    eng = Engine(model, eoa_id=-1, max_batch=batch, max_len=prompt_len + new_tokens + 8, cuda_graphs=graphs, **engine_kw)
     g = torch.Generator().manual_seed(batch)
     prompts = [torch.randint(10, vocab, (prompt_len,), generator=g).tolist() for _ in range(batch)]
 
@@ -104,6 +106,8 @@ def bench_ours(model: Any, batch: int, prompt_len: int, new_tokens: int, dev: to
         "step_ms": 1000 * t_steps / n_steps,
         "new_tokens": new_tokens,
         "cuda_graphs": bool(eng._use_graphs),
+        "fused_attention": bool(eng._fused),
+        "gemv": bool(eng._gemv),
     }
 
 
@@ -140,6 +144,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--hf-new-tokens", default="16,16", help="tokens per row for transformers, one per batch size (it is slow)")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers")
     ap.add_argument("--no-graphs", action="store_true", help="disable CUDA graphs in our engine")
+    ap.add_argument(
+        "--attention", default="auto",
+        help="our decode variant: auto (engine defaults), fused (Triton attention), gemv (fused attention and "
+        "matmuls as fused reductions), sdpa (eager attention), or a comma list; results of the first go "
+        "under 'ours', the others under 'ours_<name>'",
+    )
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -163,9 +173,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["transformers"] = transformers.__version__
     except ImportError:
         args.no_hf = True
+    variants = args.attention.split(",")
+    engine_kw: dict[str, dict[str, Any]] = {
+        "auto": {}, "fused": {"fused_attention": True, "gemv_rows": 0}, "sdpa": {"fused_attention": False},
+        "gemv": {"fused_attention": True, "gemv_rows": 8},
+    }
     for b in batches:
-        results["batches"][str(b)] = {"ours": bench_ours(model, b, args.prompt_len, args.new_tokens, dev, not args.no_graphs)}
-        print(f"batch {b} ours: {json.dumps(results['batches'][str(b)]['ours'])}", flush=True)
+        r = results["batches"][str(b)] = {}
+        for i, name in enumerate(variants):
+            if name in ("gemv", "fused") and b > 8 and i > 0:
+                continue  # beyond 8 rows both are the default engine
+            key = "ours" if i == 0 else f"ours_{name}"
+            r[key] = bench_ours(model, b, args.prompt_len, args.new_tokens, dev, not args.no_graphs, **engine_kw[name])
+            print(f"batch {b} {key}: {json.dumps(r[key])}", flush=True)
     if not args.no_hf:
         hf = build_hf(model.cfg, dev, dtype)
         del model

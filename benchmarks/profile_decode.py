@@ -14,6 +14,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="XL")
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--gemv-rows", type=int, default=None, help="Engine(gemv_rows=...): matmuls as fused reductions up to this batch")
+    ap.add_argument("--sdpa", action="store_true", help="eager attention instead of the fused Triton kernel")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from hrm_text.config import model_config
@@ -22,7 +24,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = HRMTextLM(model_config(args.preset, attn_backend="sdpa")).to("cuda", torch.bfloat16).eval()
-    eng = Engine(model, eoa_id=-1, max_batch=args.batch, max_len=400, cuda_graphs=False)
+    eng = Engine(model, eoa_id=-1, max_batch=args.batch, max_len=400, cuda_graphs=False,
+                 gemv_rows=args.gemv_rows, fused_attention=False if args.sdpa else None)
     prompts = [torch.randint(10, 60000, (256,)).tolist() for _ in range(args.batch)]
     eng.generate([Request(p, SamplingParams(max_tokens=4), i) for i, p in enumerate(prompts)])  # compile
     eng._pos.fill_(256)

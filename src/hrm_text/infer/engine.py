@@ -9,20 +9,27 @@ How a request runs:
      request at the next step: continuous batching over `max_batch` rows.
 On CUDA the decode step is captured once in a CUDA graph and replayed (static shapes: input token,
 position and the cache), which removes the per-kernel launch cost that dominates small-batch
-decoding of a model that runs 8 stack calls per token. On CPU it simply runs.
+decoding of a model that runs 8 stack calls per token; each block's attention is one fused Triton
+kernel (decode_attention.py), and greedy steps are pipelined (see `Engine.run`). On CPU it simply
+runs. docs/INFERENCE.md lists the switches, docs/PERFORMANCE.md what each one gained.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
+from hrm_text.infer.decode_attention import decode_attention, fused_decode_available
 from hrm_text.model.attention import AttnMask, attention
+from hrm_text.model.kv_cache import CacheView
+from hrm_text.model.layers import rms_norm
 from hrm_text.model.lm import HRMTextLM
 
 
@@ -64,6 +71,21 @@ class Result:
 
 
 @dataclass
+class _Step:
+    """A launched pipelined decode step: the (cache row, row) pairs it ran for, and its greedy
+    tokens being copied to `host` (pinned memory on CUDA) behind `event`."""
+
+    rows: list[tuple[int, "_Row"]]
+    host: torch.Tensor
+    event: torch.cuda.Event | None
+
+    def tokens(self) -> list[int]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host[:, 0].tolist()
+
+
+@dataclass
 class _Row:
     req: Request
     length: int  # tokens in cache (prompt + generated so far, excluding the pending token)
@@ -77,6 +99,9 @@ class Engine:
     """Batched generation over an HRMTextLM.
 
     `decode_text` (tokenizer.decode) enables stop strings; `eoa_id` ends a response.
+    `compile` (default: on CUDA) compiles the dense parts of a decode block; `fused_attention`
+    (default: on CUDA when compiling and Triton is present) replaces RoPE, the cache writes, attention
+    and the output gate by one Triton kernel per block (infer/decode_attention.py).
     """
 
     def __init__(
@@ -88,6 +113,8 @@ class Engine:
         decode_text: Callable[[list[int]], str] | None = None,
         cuda_graphs: bool | None = None,
         compile: bool | None = None,
+        fused_attention: bool | None = None,
+        gemv_rows: int | None = None,
     ):
         self.model = model.eval()
         self.eoa_id = eoa_id
@@ -105,12 +132,26 @@ class Engine:
         self._tok = torch.zeros(B, 1, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(B, 1, dtype=torch.long, device=self.device)
         self._logits: torch.Tensor | None = None
+        self._live = torch.zeros(B, 1, dtype=torch.long, device=self.device)  # 1 = row is decoding
+        self._stale: set[int] = set()  # rows whose device token/position the host must rewrite
+        pin = self.device.type == "cuda"
+        self._host_toks = [torch.zeros(B, 1, dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        self._n_launched = 0
         self._key_idx = torch.arange(self.max_len, device=self.device)
         # Decoding one token runs ~30 small kernels per block and 128 blocks per token for XL: launch
         # bound. One compiled block function (shared by every block and stack call) fuses the
         # element-wise work; the CUDA graph then replays the whole step.
         use_compile = self.device.type == "cuda" if compile is None else compile
-        self._block_fn = _CompiledDecodeBlock() if use_compile else None
+        if fused_attention is None:
+            fused_attention = use_compile and fused_decode_available(self.device)
+        if fused_attention and not (use_compile and fused_decode_available(self.device)):
+            raise ValueError("fused_attention needs compile=True on a CUDA device with Triton")
+        self._fused = fused_attention
+        # one row: matmuls as fused reductions beat cuBLAS (XL on an H100: 5.5-6.0 ms against 6.6 ms a
+        # step); from two rows on they lose (docs/PERFORMANCE.md). HRM_TEXT_DECODE_GEMV_ROWS overrides.
+        gemv_rows = int(os.environ.get("HRM_TEXT_DECODE_GEMV_ROWS", gemv_rows if gemv_rows is not None else 1))
+        self._gemv = bool(fused_attention and max_batch <= gemv_rows)
+        self._block_fn = _CompiledDecodeBlock(fused=fused_attention, gemv=self._gemv) if use_compile else None
 
     # ------------------------------------------------------------------ model calls
     @torch.no_grad()
@@ -134,9 +175,11 @@ class Engine:
         return self.model.lm_head(last).float()
 
     def _decode_eager(self) -> torch.Tensor:
-        # additive float mask built once per step (a boolean one is converted again in every layer)
-        valid = (self._key_idx[None, :] <= self._pos).view(self.max_batch, 1, 1, self.max_len)
-        dense = torch.zeros(valid.shape, dtype=self.dtype, device=self.device).masked_fill_(~valid, float("-inf"))
+        if self._fused:  # the fused kernel masks by position itself
+            dense = None
+        else:  # additive float mask built once per step (a boolean one is converted again in every layer)
+            valid = (self._key_idx[None, :] <= self._pos).view(self.max_batch, 1, 1, self.max_len)
+            dense = torch.zeros(valid.shape, dtype=self.dtype, device=self.device).masked_fill_(~valid, float("-inf"))
         stacks = list(self.model.model.stacks().values())
         for st in stacks:
             st.layer_call = self._block_fn
@@ -196,14 +239,23 @@ class Engine:
 
         `poll(block)` (optional) fetches newly arrived requests each step (the server's queue);
         with block=True the engine is idle and poll may wait; an empty answer then ends the loop.
+
+        While every active row decodes greedily, steps are pipelined: the greedy token is chosen on
+        the device and fed straight into the next step, which is launched before the host reads the
+        previous step's tokens. The host's work (stop checks, streaming callbacks, admission) then
+        overlaps the device's. A row that finished at step t has had step t+1 computed for it; that
+        token is discarded (its cache row is rewritten by the next prefill). Sampled rows run one
+        synchronous step at a time.
         """
         waiting: deque[Request] = deque()
         for r in requests:
             self._check(r)
             waiting.append(r)
         rows: list[_Row | None] = [None] * self.max_batch
+        self._stale.update(range(self.max_batch))  # whatever an earlier (maybe abandoned) run left
+        inflight: _Step | None = None  # a launched pipelined step whose tokens the host has not read
         while True:
-            idle = not waiting and all(r is None for r in rows)
+            idle = not waiting and inflight is None and all(r is None for r in rows)
             if poll is not None:
                 arrived = poll(idle)
                 for r in arrived:
@@ -226,26 +278,76 @@ class Engine:
                     if (done := self._accept(row, tok)) is not None:
                         rows[i] = None
                         yield done
+                    else:
+                        self._stale.add(i)  # its token and position go to the device before the next step
             active = [i for i, r in enumerate(rows) if r is not None]
-            if not active:
+            pipelined = bool(active) and all(rows[i].req.params.temperature == 0 for i in active)  # type: ignore[union-attr]
+            if pipelined:
+                launched = self._launch(rows, active)
+            elif inflight is None and active:  # one synchronous step (sampled rows)
+                self._write_rows(rows, list(range(self.max_batch)))
+                logits = self._decode()
+                act_rows = [rows[i] for i in active]
+                sampled = self._sample_rows(logits[active], [r.req for r in act_rows], [r.generator for r in act_rows])  # type: ignore[union-attr]
+                toks = [0] * self.max_batch
+                for i, t in zip(active, sampled):
+                    toks[i] = t
+                yield from self._advance(rows, list(zip(active, act_rows)), toks)  # type: ignore[arg-type]
+                self._stale.update(range(self.max_batch))  # the device holds none of the sampled tokens
                 continue
-            tok_cpu = torch.zeros(self.max_batch, 1, dtype=torch.long)
-            pos_cpu = torch.zeros(self.max_batch, 1, dtype=torch.long)
-            for i in active:
-                tok_cpu[i, 0] = rows[i].pending  # type: ignore[union-attr]
-                pos_cpu[i, 0] = rows[i].length  # type: ignore[union-attr]
-            self._tok.copy_(tok_cpu)
-            self._pos.copy_(pos_cpu)
-            logits = self._decode()
-            act_rows = [rows[i] for i in active]
-            toks = self._sample_rows(logits[active], [r.req for r in act_rows], [r.generator for r in act_rows])  # type: ignore[union-attr]
-            for i, tok in zip(active, toks):
-                r = rows[i]
-                assert r is not None
-                r.length += 1
-                if (done := self._accept(r, tok)) is not None:
-                    rows[i] = None
-                    yield done
+            else:
+                launched = None
+            if inflight is not None:
+                yield from self._advance(rows, inflight.rows, inflight.tokens())
+            inflight = launched
+
+    def _write_rows(self, rows: list[_Row | None], which: list[int]) -> None:
+        """Host -> device: pending token, position and liveness of the given cache rows (an empty row
+        gets position 0 and stays there, so it costs the attention kernel nothing)."""
+        tok = torch.zeros(len(which), 1, dtype=torch.long)
+        pos = torch.zeros(len(which), 1, dtype=torch.long)
+        live = torch.zeros(len(which), 1, dtype=torch.long)
+        for j, i in enumerate(which):
+            if (row := rows[i]) is not None:
+                tok[j, 0], pos[j, 0], live[j, 0] = row.pending, row.length, 1
+        if len(which) == self.max_batch:
+            self._tok.copy_(tok)
+            self._pos.copy_(pos)
+            self._live.copy_(live)
+        else:
+            idx = torch.tensor(which, device=self.device)
+            self._tok.index_copy_(0, idx, tok.to(self.device))
+            self._pos.index_copy_(0, idx, pos.to(self.device))
+            self._live.index_copy_(0, idx, live.to(self.device))
+        self._stale.difference_update(which)
+
+    def _launch(self, rows: list[_Row | None], active: list[int]) -> _Step:
+        """Launch one greedy step without waiting for it; the device feeds its own tokens forward."""
+        if self._stale:
+            self._write_rows(rows, sorted(self._stale))
+        logits = self._decode()
+        nxt = logits[:, : self.vocab].argmax(-1, keepdim=True)
+        self._tok.copy_(nxt)
+        self._pos.add_(self._live).clamp_(max=self.max_len - 1)  # in bounds even one step past the end
+        self._n_launched += 1
+        host = self._host_toks[self._n_launched % 2]  # two steps are alive at most: double buffer
+        host.copy_(nxt, non_blocking=True)
+        event = torch.cuda.Event() if self.device.type == "cuda" else None
+        if event is not None:
+            event.record()
+        return _Step([(i, rows[i]) for i in active], host, event)  # type: ignore[misc]
+
+    def _advance(self, rows: list[_Row | None], stepped: list[tuple[int, _Row]], toks: list[int]) -> Iterator[Result]:
+        """Apply one step's tokens (indexed by cache row) to the rows it ran for; rows finished or
+        replaced since it was launched are skipped."""
+        for i, row in stepped:
+            if rows[i] is not row:
+                continue
+            row.length += 1
+            if (done := self._accept(row, toks[i])) is not None:
+                rows[i] = None
+                self._stale.add(i)  # park the row at position 0
+                yield done
 
     @staticmethod
     def _generator(req: Request) -> torch.Generator | None:
@@ -298,22 +400,47 @@ class Engine:
 
 
 class _CompiledDecodeBlock:
-    """Runs a block as compiled(norm, gqkv, rope) -> eager cache write + attention -> compiled(gate,
-    o_proj, residual, norm, SwiGLU, residual). Both compiled parts are shared by every block."""
+    """Runs one decode block in three parts, the two dense ones compiled once and shared by every
+    block and stack call:
 
-    def __init__(self, mode: str | None = None) -> None:
+      unfused: compiled(norm, gqkv, RoPE) -> eager cache write + attention -> compiled(gate, o_proj,
+               residual, norm, SwiGLU, residual)
+      fused:   compiled(norm, gqkv) -> Triton decode_attention (RoPE, cache write, attention, gate)
+               -> compiled(o_proj, residual, norm, SwiGLU, residual)
+
+    The cache write stays outside the compiled parts: a compiled in-place write into a cache passed
+    as input can copy the whole slot.
+    """
+
+    def __init__(self, mode: str | None = None, fused: bool = False, gemv: bool = False) -> None:
         # HRM_TEXT_DECODE_COMPILE_MODE=max-autotune-no-cudagraphs lets inductor tune the decode matmuls
         # (minutes of compilation at start-up); the default mode compiles in seconds
-        import os
-
         mode = mode or os.environ.get("HRM_TEXT_DECODE_COMPILE_MODE") or None
-        self.pre = torch.compile(_block_pre, dynamic=False, mode=mode)
-        self.post = torch.compile(_block_post, dynamic=False, mode=mode)
+        self.fused = fused
+        if fused and gemv:
+            # matmuls as multiply + sum: inductor emits them as reduction kernels fused with the norm,
+            # residual and SwiGLU work around them, tuned by coordinate descent
+            opts = {"coordinate_descent_tuning": True}
+            self.pre = torch.compile(_block_projection_gemv, dynamic=False, options=opts)
+            self.post = torch.compile(_block_finish_gated_gemv, dynamic=False, options=opts)
+        elif fused:
+            self.pre = torch.compile(_block_projection, dynamic=False, mode=mode)
+            self.post = torch.compile(_block_finish_gated, dynamic=False, mode=mode)
+        else:
+            self.pre = torch.compile(_block_pre, dynamic=False, mode=mode)
+            self.post = torch.compile(_block_post, dynamic=False, mode=mode)
 
-    def __call__(self, block: torch.nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: AttnMask, view: object) -> torch.Tensor:
+    def __call__(self, block: torch.nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: AttnMask, view: CacheView | None) -> torch.Tensor:
+        if self.fused:
+            assert view is not None and view.rows is None, "the fused path decodes into every cache row"
+            cos, sin = rope
+            gated = decode_attention(
+                self.pre(block, x), cos, sin, view.k, view.v, view.positions.reshape(-1), block.attn.num_heads  # type: ignore[union-attr]
+            )
+            return self.post(block, x, gated)
         gate, q, k, v = self.pre(block, x, rope)
         if view is not None:
-            k, v = view.update(k, v)  # type: ignore[attr-defined]
+            k, v = view.update(k, v)
         return self.post(block, x, gate, attention(q, k, v, mask))
 
 
@@ -323,6 +450,29 @@ def _block_pre(block: torch.nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor
 
 def _block_post(block: torch.nn.Module, x: torch.Tensor, gate: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
     return block.attn_finish(x, gate, attn_out)  # type: ignore[operator]
+
+
+def _block_projection(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return block.fused_projection(x)  # type: ignore[operator]
+
+
+def _block_finish_gated(block: torch.nn.Module, x: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
+    return block.finish_gated(x, gated)  # type: ignore[operator]
+
+
+def _rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T for a few rows, written as a float32 multiply + sum (one reduction per output)."""
+    return (x.float().unsqueeze(-2) * w.float()).sum(-1).to(x.dtype)
+
+
+def _block_projection_gemv(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return _rows_linear(rms_norm(x, block.eps), block.attn.gqkv_proj.weight)  # type: ignore[union-attr, arg-type]
+
+
+def _block_finish_gated_gemv(block: torch.nn.Module, x: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
+    x = x + _rows_linear(gated, block.attn.o_proj.weight)  # type: ignore[union-attr, arg-type]
+    gate, up = _rows_linear(rms_norm(x, block.eps), block.mlp.gate_up_proj.weight).chunk(2, dim=-1)  # type: ignore[union-attr, arg-type]
+    return x + _rows_linear(F.silu(gate) * up, block.mlp.down_proj.weight)  # type: ignore[union-attr, arg-type]
 
 
 def greedy(engine: Engine, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:

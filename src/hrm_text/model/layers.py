@@ -138,6 +138,15 @@ class Block(nn.Module):
         x = x + self.attn.output(gate, attn_out)
         return x + self.mlp(rms_norm(x, self.eps))
 
+    # The fused decode kernel (infer/decode_attention.py) takes the raw projection and returns the
+    # gated attention output, so the dense parts around it shrink to these two.
+    def fused_projection(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn.gqkv_proj(rms_norm(x, self.eps))
+
+    def finish_gated(self, x: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn.o_proj(gated)
+        return x + self.mlp(rms_norm(x, self.eps))
+
 
 class Stack(nn.Module):
     """`n` pre-norm blocks then one final norm at the exit: MagicNorm (SPEC section 2).
