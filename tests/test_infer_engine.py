@@ -100,3 +100,21 @@ def test_streaming_callbacks_see_every_token_in_order():
     ]
     res = Engine(model, eoa_id=VOCAB - 1, max_batch=2, max_len=64).generate(reqs)
     assert seen[0] == res[0].token_ids and seen[1] == res[1].token_ids
+
+
+def test_prompt_writes_touch_only_the_prompt_slots_of_their_rows():
+    from hrm_text.model.kv_cache import StaticKVCache
+
+    cache = StaticKVCache(num_slots=2, batch_size=3, num_heads=2, max_len=8, head_dim=4)
+    for t in cache.k + cache.v:
+        t.normal_()
+    before_k = [t.clone() for t in cache.k]
+    k, v = torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4)  # two prompts of 5 slots into rows 2 and 0
+    pos = torch.arange(5)[None].expand(2, 5)
+    rows = torch.tensor([2, 0])
+    got_k, got_v = cache.prompt_writes().view(1, pos, rows).update(k, v)
+    assert got_k is k and got_v is v  # attention runs over the new keys only
+    assert torch.equal(cache.k[1][2, :, :5], k[0]) and torch.equal(cache.v[1][0, :, :5], v[1])
+    assert torch.equal(cache.k[1][1], before_k[1][1])  # row 1 untouched
+    assert torch.equal(cache.k[1][:, :, 5:], before_k[1][:, :, 5:])  # slots past the prompt untouched
+    assert torch.equal(cache.k[0], before_k[0])  # other layer slot untouched

@@ -166,11 +166,12 @@ class Engine:
         ids = ids.to(self.device)
         lens_d = lens.to(self.device)
         pos = torch.arange(T, device=self.device)[None].expand(n, T)
-        # bidirectional over each row's own prompt; padded queries also see only the prompt, and the
-        # garbage keys they write beyond the prompt are masked until decode overwrites them
-        dense = (self._key_idx[None, None, None, :] < lens_d[:, None, None, None]).expand(n, 1, T, self.max_len)
+        # bidirectional over each row's own prompt, and nothing else: attention runs over the T new
+        # keys only (PromptWrites), whatever the cache length. Padded queries also see only the
+        # prompt, and the garbage keys they write beyond it are masked until decode overwrites them.
+        dense = (self._key_idx[None, None, None, :T] < lens_d[:, None, None, None]).expand(n, 1, T, T)
         rows_t = torch.tensor(rows, device=self.device)
-        h = self.model.hidden(ids, pos, AttnMask("sdpa", dense=dense), None, self.cache, pos, rows_t)
+        h = self.model.hidden(ids, pos, AttnMask("sdpa", dense=dense), None, self.cache.prompt_writes(), pos, rows_t)
         last = h[torch.arange(n, device=self.device), lens_d - 1]
         return self.model.lm_head(last).float()
 

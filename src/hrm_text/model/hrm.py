@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from hrm_text.config import ModelConfig
 from hrm_text.model.attention import AttnMask
-from hrm_text.model.kv_cache import StaticKVCache
+from hrm_text.model.kv_cache import PromptWrites, StaticKVCache
 from hrm_text.model.layers import RotaryEmbedding, Stack, trunc_normal_
 
 
@@ -129,7 +129,7 @@ class RecurrentCore(nn.Module):
         position_ids: torch.Tensor,
         mask: AttnMask,
         bp_steps: int | None = None,
-        cache: StaticKVCache | None = None,
+        cache: StaticKVCache | PromptWrites | None = None,
         cache_positions: torch.Tensor | None = None,
         cache_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:

@@ -44,6 +44,23 @@ class StaticKVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
+    def prompt_writes(self) -> "PromptWrites":
+        """This cache as a prefill should see it (see PromptWrites)."""
+        return PromptWrites(self)
+
+
+class PromptWrites:
+    """A prefill's view of a StaticKVCache: each layer writes the prompt's keys and values into the
+    cache and attends over those new keys only. A PrefixLM prompt sees nothing but itself, so the
+    cache's other contents (and its length) need not be read at all; the attention mask is then the
+    prompt's own [T, T] padding mask."""
+
+    def __init__(self, cache: StaticKVCache):
+        self.cache = cache
+
+    def view(self, slot: int, positions: torch.Tensor, rows: torch.Tensor | None = None) -> "CacheView":
+        return CacheView(self.cache.k[slot], self.cache.v[slot], positions, rows, attend_new_only=True)
+
 
 @dataclass
 class CacheView:
@@ -52,17 +69,24 @@ class CacheView:
     k, v: this slot's [B, H, L, D] cache tensors.
     positions: [b, Tq] int64, where each new key/value is written along the cache's time axis.
     rows: optional [b] int64 cache rows the batch maps to (None = all rows, b == B).
+    attend_new_only: return the new keys/values instead of the slot's (see PromptWrites).
     """
 
     k: torch.Tensor
     v: torch.Tensor
     positions: torch.Tensor
     rows: torch.Tensor | None = None
+    attend_new_only: bool = False
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v ([b, H, Tq, D]) and return the slot's keys and values for these rows."""
         kc, vc = self.k, self.v
         b, H, Tq, D = k.shape
+        if self.attend_new_only:  # one indexed write per tensor: rows x positions -> [b, Tq, H, D]
+            rows = self.rows if self.rows is not None else torch.arange(b, device=k.device)
+            kc[rows[:, None], :, self.positions] = k.transpose(1, 2).to(kc.dtype)
+            vc[rows[:, None], :, self.positions] = v.transpose(1, 2).to(vc.dtype)
+            return k, v
         idx = self.positions[:, None, :, None].expand(b, H, Tq, D)
         if self.rows is None:
             kc.scatter_(2, idx, k.to(kc.dtype))

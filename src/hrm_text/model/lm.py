@@ -22,7 +22,7 @@ from hrm_text.config import ModelConfig
 from hrm_text.data.batch import IGNORE_INDEX, PackedBatch
 from hrm_text.model.attention import AttnMask, build_prefix_lm_mask
 from hrm_text.model.hrm import RecurrentCore
-from hrm_text.model.kv_cache import StaticKVCache
+from hrm_text.model.kv_cache import PromptWrites, StaticKVCache
 from hrm_text.model.layers import Block, trunc_normal_
 
 
@@ -70,7 +70,7 @@ class HRMTextLM(nn.Module):
         position_ids: torch.Tensor,
         mask: AttnMask,
         bp_steps: int | None = None,
-        cache: StaticKVCache | None = None,
+        cache: StaticKVCache | PromptWrites | None = None,
         cache_positions: torch.Tensor | None = None,
         cache_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
