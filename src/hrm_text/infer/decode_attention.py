@@ -23,6 +23,7 @@ model's own block path (`GatedAttention.project` -> cache update -> attention ->
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -188,10 +189,15 @@ if triton is not None:
         tl.store(out_ptr + b * stride_ob + h * D + d, (gate * attn).to(dtype))
 
 
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+
+
 def num_kv_splits(batch: int, num_heads: int, max_len: int, device: torch.device) -> int:
     """Programs per (row, head): enough for about two per SM when batch x heads is small, so a
     batch-1 step is not 12 programs each walking hundreds of keys one tile after another."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    sms = _num_sms(device)
     want = -(-2 * sms // (batch * num_heads))
     return max(1, min(want, 32, -(-max_len // 32)))
 

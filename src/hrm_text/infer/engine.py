@@ -24,12 +24,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from hrm_text.infer.decode_attention import decode_attention, fused_decode_available
 from hrm_text.model.attention import AttnMask, attention
 from hrm_text.model.kv_cache import CacheView
-from hrm_text.model.layers import rms_norm
 from hrm_text.model.lm import HRMTextLM
 
 
@@ -136,11 +134,12 @@ class Engine:
         self._stale: set[int] = set()  # rows whose device token/position the host must rewrite
         pin = self.device.type == "cuda"
         self._host_toks = [torch.zeros(B, 1, dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        self._host_events = [torch.cuda.Event() for _ in range(2)] if pin else [None, None]
         self._n_launched = 0
         self._key_idx = torch.arange(self.max_len, device=self.device)
-        # Decoding one token runs ~30 small kernels per block and 128 blocks per token for XL: launch
-        # bound. One compiled block function (shared by every block and stack call) fuses the
-        # element-wise work; the CUDA graph then replays the whole step.
+        # Decoding one token evaluates 128 blocks for XL, each a handful of small kernels: launch
+        # bound. Compiled block parts (shared by every block and stack call) and the fused attention
+        # kernel keep the kernel count down; the CUDA graph then replays the whole step.
         use_compile = self.device.type == "cuda" if compile is None else compile
         if fused_attention is None:
             fused_attention = use_compile and fused_decode_available(self.device)
@@ -331,9 +330,9 @@ class Engine:
         self._tok.copy_(nxt)
         self._pos.add_(self._live).clamp_(max=self.max_len - 1)  # in bounds even one step past the end
         self._n_launched += 1
-        host = self._host_toks[self._n_launched % 2]  # two steps are alive at most: double buffer
+        slot = self._n_launched % 2  # two steps are alive at most: double buffer
+        host, event = self._host_toks[slot], self._host_events[slot]
         host.copy_(nxt, non_blocking=True)
-        event = torch.cuda.Event() if self.device.type == "cuda" else None
         if event is not None:
             event.record()
         return _Step([(i, rows[i]) for i in active], host, event)  # type: ignore[misc]
@@ -467,13 +466,11 @@ def _rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def _block_projection_gemv(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return _rows_linear(rms_norm(x, block.eps), block.attn.gqkv_proj.weight)  # type: ignore[union-attr, arg-type]
+    return block.fused_projection(x, _rows_linear)  # type: ignore[operator]
 
 
 def _block_finish_gated_gemv(block: torch.nn.Module, x: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
-    x = x + _rows_linear(gated, block.attn.o_proj.weight)  # type: ignore[union-attr, arg-type]
-    gate, up = _rows_linear(rms_norm(x, block.eps), block.mlp.gate_up_proj.weight).chunk(2, dim=-1)  # type: ignore[union-attr, arg-type]
-    return x + _rows_linear(F.silu(gate) * up, block.mlp.down_proj.weight)  # type: ignore[union-attr, arg-type]
+    return block.finish_gated(x, gated, _rows_linear)  # type: ignore[operator]
 
 
 def greedy(engine: Engine, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:

@@ -17,6 +17,9 @@ from hrm_text.model.attention import AttnMask, attention
 from hrm_text.model.kv_cache import CacheView
 
 
+Linear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, weight [out, in]) -> x @ weight.T
+
+
 def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm with no learnable scale, computed in float32 (SPEC: MagicNorm's norm)."""
     xf = x.float()
@@ -110,9 +113,9 @@ class SwiGLU(nn.Module):
         trunc_normal_(self.gate_up_proj.weight, 1.0 / math.sqrt(self.gate_up_proj.in_features))
         trunc_normal_(self.down_proj.weight, 1.0 / math.sqrt(self.down_proj.in_features))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, linear: Linear = F.linear) -> torch.Tensor:
+        gate, up = linear(x, self.gate_up_proj.weight).chunk(2, dim=-1)
+        return linear(F.silu(gate) * up, self.down_proj.weight)
 
 
 class Block(nn.Module):
@@ -139,13 +142,14 @@ class Block(nn.Module):
         return x + self.mlp(rms_norm(x, self.eps))
 
     # The fused decode kernel (infer/decode_attention.py) takes the raw projection and returns the
-    # gated attention output, so the dense parts around it shrink to these two.
-    def fused_projection(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attn.gqkv_proj(rms_norm(x, self.eps))
+    # gated attention output, so the dense parts around it shrink to these two. `linear` lets the
+    # engine swap how the matmuls are written (one-row decoding uses multiply + sum).
+    def fused_projection(self, x: torch.Tensor, linear: Linear = F.linear) -> torch.Tensor:
+        return linear(rms_norm(x, self.eps), self.attn.gqkv_proj.weight)
 
-    def finish_gated(self, x: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn.o_proj(gated)
-        return x + self.mlp(rms_norm(x, self.eps))
+    def finish_gated(self, x: torch.Tensor, gated: torch.Tensor, linear: Linear = F.linear) -> torch.Tensor:
+        x = x + linear(gated, self.attn.o_proj.weight)
+        return x + self.mlp(rms_norm(x, self.eps), linear)
 
 
 class Stack(nn.Module):
