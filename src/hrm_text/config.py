@@ -154,6 +154,10 @@ class TrainConfig:
     full_bp_from_start: bool = False  # SFT: K = bp_max_steps from step 1
     dtype: Literal["bf16", "fp32"] = "bf16"
     compile: bool = True
+    # speed and memory (train/step.py; measured in docs/PERFORMANCE.md)
+    fp8: bool = False  # torchao float8 training of the block projections (H100/H200 class GPUs)
+    activation_memory_budget: float = 1.0  # < 1: the compiler recomputes activations to save memory
+    recompute_calls: int = 0  # first N recorded stack calls recomputed in backward (checkpointing)
     # FSDP2: free a block's gathered weights after each call (True) or keep them until backward
     # (False: fewer all-gathers, since HRM calls each block several times per step; more memory)
     fsdp_reshard_after_forward: bool = True

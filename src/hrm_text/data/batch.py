@@ -32,12 +32,23 @@ class PackedBatch:
     position_ids: torch.Tensor  # [B, T] int64
     doc_ids: torch.Tensor  # [B, T] int32, -1 on padding
     is_prefix: torch.Tensor  # [B, T] bool
+    # flat indices (into B*T) of the labelled positions; optional. Computed on the host copy by
+    # `with_loss_index`, so the loss can gather its rows on the GPU without a device->host sync.
+    loss_index: torch.Tensor | None = None
+
+    def _map(self, fn) -> "PackedBatch":  # type: ignore[no-untyped-def]
+        return PackedBatch(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name)) for f in fields(self)})
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "PackedBatch":
-        return PackedBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "PackedBatch":
-        return PackedBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+        return self._map(lambda t: t.pin_memory())
+
+    def with_loss_index(self) -> "PackedBatch":
+        """A copy that carries `loss_index` (call on the host copy, before `.to(device)`)."""
+        idx = torch.nonzero(self.labels.reshape(-1) != IGNORE_INDEX).squeeze(1)
+        return PackedBatch(**{**{f.name: getattr(self, f.name) for f in fields(self)}, "loss_index": idx})
 
     @property
     def num_loss_tokens(self) -> int:

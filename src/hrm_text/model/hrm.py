@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from hrm_text.config import ModelConfig
 from hrm_text.model.attention import AttnMask
@@ -132,9 +133,13 @@ class RecurrentCore(nn.Module):
         cache: StaticKVCache | PromptWrites | None = None,
         cache_positions: torch.Tensor | None = None,
         cache_rows: torch.Tensor | None = None,
+        *,
+        remat_calls: int = 0,
     ) -> torch.Tensor:
         """Return the output state [B, T, hidden]. `bp_steps` = K recorded calls (None: all calls run
-        under the ambient grad mode). With `cache`, keys/values are written at `cache_positions`."""
+        under the ambient grad mode). With `cache`, keys/values are written at `cache_positions`.
+        `remat_calls`: the first N recorded calls keep only their input for backward and run their
+        forward again there (activation checkpointing per stack call: memory for one extra forward)."""
         sched = self.schedule
         x = self.embed_tokens(input_ids) * self.embedding_scale
         rope = self.rope(position_ids)
@@ -147,6 +152,7 @@ class RecurrentCore(nn.Module):
             else:
                 states[name] = torch.zeros_like(x)
         recorded = sched.recorded(bp_steps)
+        remat = set([i for i, r in enumerate(recorded) if r][:remat_calls]) if torch.is_grad_enabled() else set()
         per_call = sched.layers_per_call
         stacks = self.stacks()
         for i, call in enumerate(sched.calls):
@@ -158,5 +164,8 @@ class RecurrentCore(nn.Module):
                 inp = states[call.inputs[0]]
                 for name in call.inputs[1:]:
                     inp = inp + states[name]
-                states[call.target] = stacks[call.stack](inp, rope, mask, views)
+                if i in remat:
+                    states[call.target] = checkpoint(stacks[call.stack], inp, rope, mask, views, use_reentrant=False)
+                else:
+                    states[call.target] = stacks[call.stack](inp, rope, mask, views)
         return states[sched.output]

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from hrm_text.config import ModelConfig
 from hrm_text.data.batch import IGNORE_INDEX, PackedBatch
@@ -24,6 +23,7 @@ from hrm_text.model.attention import AttnMask, build_prefix_lm_mask
 from hrm_text.model.hrm import RecurrentCore
 from hrm_text.model.kv_cache import PromptWrites, StaticKVCache
 from hrm_text.model.layers import Block, trunc_normal_
+from hrm_text.model.loss import linear_cross_entropy
 
 
 @dataclass
@@ -73,30 +73,32 @@ class HRMTextLM(nn.Module):
         cache: StaticKVCache | PromptWrites | None = None,
         cache_positions: torch.Tensor | None = None,
         cache_rows: torch.Tensor | None = None,
+        *,
+        remat_calls: int = 0,
     ) -> torch.Tensor:
-        return self.model(input_ids, position_ids, mask, bp_steps, cache, cache_positions, cache_rows)
+        return self.model(input_ids, position_ids, mask, bp_steps, cache, cache_positions, cache_rows, remat_calls=remat_calls)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: AttnMask, *args, **kwargs) -> torch.Tensor:
         """Logits [B, T, padded_vocab]; further arguments as for `hidden`."""
         return self.lm_head(self.hidden(input_ids, position_ids, mask, *args, **kwargs))
 
-    def loss(self, batch: PackedBatch, bp_steps: int | None = None, mask: AttnMask | None = None) -> LossOutput:
+    def loss(self, batch: PackedBatch, bp_steps: int | None = None, mask: AttnMask | None = None, remat_calls: int = 0) -> LossOutput:
         """Response-only cross-entropy (SPEC section 3), summed; the caller normalises."""
         if mask is None:
             mask = self.build_mask(batch.doc_ids, batch.is_prefix)
-        h = self.hidden(batch.input_ids, batch.position_ids, mask, bp_steps)
-        return response_loss(h, self.lm_head, batch.labels)
+        h = self.hidden(batch.input_ids, batch.position_ids, mask, bp_steps, remat_calls=remat_calls)
+        return response_loss(h, self.lm_head, batch.labels, batch.loss_index)
 
 
-def response_loss(h: torch.Tensor, head: nn.Linear, labels: torch.Tensor, chunk: int = 4096) -> LossOutput:
-    """Cross-entropy over labelled positions, computed in float32 chunk by chunk along time so the
-    full [T, vocab] float32 logits never exist at once."""
-    B, T, _ = h.shape
-    losses, corrects = [], []
-    for s in range(0, T, chunk):
-        logits = head(h[:, s : s + chunk]).float()
-        lab = labels[:, s : s + chunk]
-        losses.append(F.cross_entropy(logits.flatten(0, 1), lab.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"))
-        corrects.append(((logits.argmax(-1) == lab) & (lab != IGNORE_INDEX)).sum())
-    n = (labels != IGNORE_INDEX).sum()
-    return LossOutput(torch.stack(losses).sum(), n, torch.stack(corrects).sum())
+def response_loss(h: torch.Tensor, head: nn.Linear, labels: torch.Tensor, loss_index: torch.Tensor | None = None, chunk: int = 4096) -> LossOutput:
+    """Cross-entropy over labelled positions only: their hidden rows are gathered, then the head and
+    the loss run fused, chunk by chunk (model/loss.py), never holding float32 logits for backward.
+    `loss_index` (flat indices of labelled positions) avoids a device sync when given."""
+    flat_labels = labels.reshape(-1)
+    if loss_index is None:
+        loss_index = torch.nonzero(flat_labels != IGNORE_INDEX).squeeze(1)
+    rows = h.reshape(-1, h.shape[-1]).index_select(0, loss_index)
+    targets = flat_labels.index_select(0, loss_index)
+    loss_sum, correct = linear_cross_entropy(rows, head.weight, targets, chunk)
+    n = torch.full((), loss_index.numel(), dtype=torch.int64, device=h.device)  # from the shape: no sync
+    return LossOutput(loss_sum, n, correct)

@@ -37,6 +37,9 @@ class AdamAtan2(torch.optim.Optimizer):
     `torch._foreach_*` kernels (far fewer kernel launches on GPU); it computes the same operations in
     the same order as the per-tensor path (there is no `_foreach_atan2`, so that one op runs per
     tensor). `foreach=None` picks foreach on CUDA and the per-tensor path elsewhere.
+    `fused=True` (default on CUDA when Triton imports) runs one Triton kernel per plain CUDA tensor
+    (train/optim_kernels.py): one read and one write of the state instead of about ten passes;
+    DTensor shards and non-contiguous tensors keep the foreach path.
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class AdamAtan2(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.95),
         weight_decay: float = 0.1,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         if lr < 0.0:
             raise ValueError(f"learning rate must be >= 0 (got {lr})")
@@ -53,7 +57,7 @@ class AdamAtan2(torch.optim.Optimizer):
             raise ValueError(f"betas must be in [0, 1) (got {betas})")
         if weight_decay < 0.0:
             raise ValueError(f"weight_decay must be >= 0 (got {weight_decay})")
-        defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach)
+        defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
     def _init_state(self, p: torch.Tensor) -> dict[str, Any]:
@@ -93,14 +97,36 @@ class AdamAtan2(torch.optim.Optimizer):
                 use_foreach = group["foreach"]
                 if use_foreach is None:
                     use_foreach = device.type == "cuda"
-                fn = _step_foreach if use_foreach else _step_single
-                fn(
-                    params,
-                    [self.state[p]["exp_avg"] for p in params],
-                    [self.state[p]["exp_avg_sq"] for p in params],
-                    lr=lr, b1=b1, b2=b2, wd=wd, bc1=bc1, bc2=bc2,
-                )
+                exp_avgs = [self.state[p]["exp_avg"] for p in params]
+                exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+                kw = dict(lr=lr, b1=b1, b2=b2, wd=wd, bc1=bc1, bc2=bc2)
+                kernels = _fused_kernels(group.get("fused"), device)
+                if kernels is not None:
+                    ok = [kernels.supported(p, m) for p, m in zip(params, exp_avgs)]
+                    fused = [i for i, o in enumerate(ok) if o]
+                    kernels.adam_atan2_step([params[i] for i in fused], [exp_avgs[i] for i in fused],
+                                            [exp_avg_sqs[i] for i in fused], **kw)
+                    rest = [i for i, o in enumerate(ok) if not o]
+                    params, exp_avgs, exp_avg_sqs = ([x[i] for i in rest] for x in (params, exp_avgs, exp_avg_sqs))
+                if params:
+                    fn = _step_foreach if use_foreach else _step_single
+                    fn(params, exp_avgs, exp_avg_sqs, **kw)
         return loss
+
+
+def _fused_kernels(fused: bool | None, device: torch.device) -> Any:
+    """The Triton kernels module when the fused path applies, else None."""
+    if fused is False or device.type != "cuda":
+        if fused and device.type != "cuda":
+            raise RuntimeError("AdamAtan2(fused=True) needs CUDA tensors")
+        return None
+    try:
+        from hrm_text.train import optim_kernels  # lazy: needs Triton, which CPU torch builds lack
+    except ImportError:
+        if fused:
+            raise
+        return None
+    return optim_kernels
 
 
 def _step_single(

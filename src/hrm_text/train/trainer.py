@@ -28,6 +28,7 @@ from hrm_text.train.distributed import DistInfo, all_reduce_sum, apply_fsdp2, ba
 from hrm_text.train.metrics import MetricsLogger, device_peak_flops
 from hrm_text.train.optim import AdamAtan2, ModelEMA
 from hrm_text.train.schedule import bp_steps_at, lr_at
+from hrm_text.train.step import forward_backward, prepare_model
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +180,7 @@ def train(
         if dist.world_size > 1:
             apply_fsdp2(model, model.blocks(), mp_dtype=torch.bfloat16 if use_bf16 else None,
                         reshard_after_forward=t.fsdp_reshard_after_forward)
-        if t.compile and device.type == "cuda":
-            for blk in model.blocks():
-                blk.compile()
+        prepare_model(model, t, device)
         opt = AdamAtan2(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
         ema = ModelEMA(model, decay=t.ema_decay, warmup=t.ema_warmup)
 
@@ -232,7 +231,7 @@ def train(
             # token counts from the host copies: no device sync in the step
             loss_tokens = float(sum(b.num_loss_tokens for b in cpu_batches))
             real_tokens = float(sum(b.num_tokens for b in cpu_batches))
-            micro: list[PackedBatch] = [b.to(device, non_blocking=True) for b in cpu_batches]
+            micro: list[PackedBatch] = [b.with_loss_index().to(device, non_blocking=True) for b in cpu_batches]
             count = torch.tensor(loss_tokens, device=device)
             denom = (all_reduce_sum(count) if dist.world_size > 1 else count).clamp_min(1.0)
             loss_acc = torch.zeros((), device=device)
@@ -240,11 +239,9 @@ def train(
             for i, b in enumerate(micro):
                 if dist.world_size > 1:  # reduce-scatter gradients once, after the last micro-batch
                     model.set_requires_gradient_sync(i == len(micro) - 1)  # type: ignore[operator]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    out = model.loss(b, bp_steps=K)
-                (out.loss_sum / denom).backward()
-                loss_acc += out.loss_sum.detach()
-                correct_acc += out.num_correct.detach().float()
+                out = forward_backward(model, b, K, denom, use_bf16, t.recompute_calls)
+                loss_acc += out.loss_sum
+                correct_acc += out.num_correct.float()
             opt.step()
             opt.zero_grad(set_to_none=True)
             ema.update(model)

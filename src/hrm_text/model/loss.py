@@ -1,0 +1,95 @@
+"""Response-only cross-entropy fused with the output head (docs/ARCHITECTURE.md, objective).
+
+Only response positions carry a label, so the head runs on those rows alone: the hidden states of
+labelled positions are gathered first, then `linear_cross_entropy` computes the head and the loss
+chunk by chunk. It never holds more than one chunk of logits, and it keeps no logits for the
+backward pass: the backward recomputes each chunk's logits from the saved hidden rows and the
+per-row log-sum-exp. Compared with `head(h)` + `F.cross_entropy` over the whole row this skips the
+unlabelled positions (about half of a packed instruction row) and the float32 logits that autograd
+would otherwise keep alive until the backward (12,288 x 65,536 x 10 bytes = 8 GB at XL).
+
+Arithmetic: the matmuls run in `compute_dtype` (bf16 under autocast); log-sum-exp, the softmax
+and the loss are float32; the head's gradient is accumulated in float32 across chunks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)  # float32, or float64 for float64 inputs
+
+
+def _chunk_stats(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row log-sum-exp, target logit and argmax-hit for one chunk (float32 statistics)."""
+    logits = (h @ w.t()).to(_stat_dtype(h.dtype))
+    lse = torch.logsumexp(logits, dim=-1)
+    target_logit = logits.gather(1, targets[:, None]).squeeze(1)
+    hit = logits.argmax(-1) == targets
+    return lse, target_logit, hit
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        hc = h.to(compute_dtype)
+        wc = weight.to(compute_dtype)
+        n = h.shape[0]
+        sd = _stat_dtype(compute_dtype)
+        lse = torch.empty(n, dtype=sd, device=h.device)
+        loss = torch.zeros((), dtype=sd, device=h.device)
+        correct = torch.zeros((), dtype=torch.int64, device=h.device)
+        for s in range(0, n, chunk):
+            c_lse, c_tgt, c_hit = _chunk_stats(hc[s : s + chunk], wc, targets[s : s + chunk])
+            lse[s : s + chunk] = c_lse
+            loss += (c_lse - c_tgt).sum()
+            correct += c_hit.sum()
+        ctx.save_for_backward(hc, weight, targets, lse)
+        ctx.chunk = chunk
+        ctx.h_dtype = h.dtype
+        ctx.mark_non_differentiable(correct)
+        return loss, correct
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_correct: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        hc, weight, targets, lse = ctx.saved_tensors
+        wc = weight.to(hc.dtype)
+        chunk = ctx.chunk
+        grad_h = torch.empty_like(hc) if ctx.needs_input_grad[0] else None
+        sd = lse.dtype
+        grad_w = torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, sd)) if ctx.needs_input_grad[1] else None
+        g = grad_loss.to(sd)
+        for s in range(0, hc.shape[0], chunk):
+            h_c = hc[s : s + chunk]
+            logits = (h_c @ wc.t()).to(sd)
+            # d loss / d logits = softmax - onehot(target), times the incoming scalar gradient
+            probs = torch.exp(logits - lse[s : s + chunk, None])
+            probs.scatter_add_(1, targets[s : s + chunk, None], torch.full_like(probs[:, :1], -1.0))
+            dlogits = (probs * g).to(hc.dtype)
+            if grad_h is not None:
+                grad_h[s : s + chunk] = dlogits @ wc
+            if grad_w is not None:
+                grad_w += (dlogits.t() @ h_c).to(grad_w.dtype)
+        return (
+            None if grad_h is None else grad_h.to(ctx.h_dtype),
+            None if grad_w is None else grad_w.to(weight.dtype),
+            None, None, None,
+        )
+
+
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 4096, compute_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of `h @ weight.T` against `targets`, and the number of argmax hits.
+
+    h: [N, hidden] (labelled rows only), weight: [vocab, hidden], targets: [N] int64. The matmuls
+    run in `compute_dtype` (default: the autocast dtype when autocast is on, else h's dtype).
+    """
+    if compute_dtype is None:
+        dev = h.device.type
+        compute_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+    with torch.autocast(h.device.type, enabled=False):
+        return _LinearCrossEntropy.apply(h, weight, targets, chunk, compute_dtype)

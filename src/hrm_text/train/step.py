@@ -1,0 +1,72 @@
+"""The training step's pieces shared by the trainer and `benchmarks/train_throughput.py`.
+
+    prepare_model(model, train_cfg, device)      float8 swap, activation memory, per-block compile
+    out = forward_backward(model, batch, K, denom, ...)   one micro-step: loss and backward
+
+The speed levers live here, each a `train.*` setting (docs/PERFORMANCE.md has the measurements):
+- `compile`: every Block is compiled on its own (`Block.compile()`); all blocks share one graph,
+  since dynamo treats their parameters as inputs, so compile time does not grow with depth.
+- `fp8`: torchao float8 training (rowwise scales) on the block projections; the casts fuse into the
+  neighbouring kernels under compile. The output head stays bf16.
+- `activation_memory_budget` < 1: inductor's partitioner recomputes the cheapest activations in
+  the backward until the saved ones fit that fraction (pointwise work first).
+- `recompute_calls` = N: the first N recorded stack calls keep only their input and run again in
+  the backward (activation checkpointing per stack call).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from hrm_text.config import ConfigError, TrainConfig
+from hrm_text.data.batch import PackedBatch
+from hrm_text.model.lm import HRMTextLM, LossOutput
+
+log = logging.getLogger(__name__)
+
+
+def apply_fp8(model: HRMTextLM) -> int:
+    """Swap the block projections to torchao's float8 training linears; returns how many."""
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training  # optional extra `fp8`
+    except ImportError as e:
+        raise ConfigError("train.fp8=true needs torchao: pip install 'hrm-text[fp8]'") from e
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        raise ConfigError("train.fp8=true needs a GPU with float8 matmuls (compute capability 8.9+: H100, H200, L40S, ...)")
+    config = Float8LinearConfig.from_recipe_name("rowwise")
+    before = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    # the head (65k-wide, run on labelled rows only by the fused loss) stays in bf16
+    convert_to_float8_training(model, config=config, module_filter_fn=lambda mod, fqn: fqn != "lm_head")
+    after = sum(type(m) is torch.nn.Linear for m in model.modules())
+    return before - after
+
+
+def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> None:
+    """Apply the configured speed and memory settings to a model about to train (in place)."""
+    if not 0.0 < t.activation_memory_budget <= 1.0:
+        raise ConfigError(f"train.activation_memory_budget must be in (0, 1] (got {t.activation_memory_budget})")
+    if t.recompute_calls < 0:
+        raise ConfigError(f"train.recompute_calls must be >= 0 (got {t.recompute_calls})")
+    if t.fp8:
+        n = apply_fp8(model)
+        log.info("float8 training (torchao, rowwise) on %d block projections", n)
+    if t.activation_memory_budget < 1.0:
+        import torch._functorch.config as functorch_config  # private knob of the min-cut partitioner
+
+        functorch_config.activation_memory_budget = t.activation_memory_budget
+    if t.compile and device.type == "cuda":
+        for blk in model.blocks():
+            blk.compile()
+
+
+def forward_backward(
+    model: HRMTextLM, batch: PackedBatch, K: int, denom: torch.Tensor | float,
+    bf16: bool, recompute_calls: int = 0,
+) -> LossOutput:
+    """Loss of one micro-batch, backward of loss / denom; returns the detached statistics."""
+    with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model.loss(batch, bp_steps=K, remat_calls=recompute_calls)
+    (out.loss_sum / denom).backward()
+    return LossOutput(out.loss_sum.detach(), out.num_tokens, out.num_correct.detach())

@@ -1,0 +1,88 @@
+"""CUDA-only checks of the training step's speed pieces (run on the device machine:
+`bash benchmarks/gpu_tests.sh`). Each compares the fast path with the plain one on random data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hrm_text.config import Config, model_config
+from hrm_text.data.batch import pack_rows
+from hrm_text.model.lm import HRMTextLM
+from hrm_text.train.optim import AdamAtan2
+from hrm_text.train.step import forward_backward, prepare_model
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def _batch(T: int, vocab: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    rows, used = [], 0
+    while True:
+        p, r = int(torch.randint(3, 40, (), generator=g)), int(torch.randint(1, 40, (), generator=g))
+        if used + p + r > T:
+            break
+        rows.append((torch.randint(8, vocab, (p,), generator=g).tolist(), torch.randint(8, vocab, (r,), generator=g).tolist()))
+        used += p + r
+    return pack_rows([rows], T)
+
+
+def test_fused_adam_atan2_matches_foreach() -> None:
+    torch.manual_seed(0)
+    shapes = [(257, 129), (4096,), (3, 5, 7)]
+    ps_a = [torch.randn(s, device="cuda", requires_grad=True) for s in shapes]
+    ps_b = [p.detach().clone().requires_grad_() for p in ps_a]
+    opt_a = AdamAtan2(ps_a, lr=1e-2, weight_decay=0.1, fused=True)
+    opt_b = AdamAtan2(ps_b, lr=1e-2, weight_decay=0.1, fused=False, foreach=True)
+    for _ in range(5):
+        grads = [torch.randn(s, device="cuda") for s in shapes]
+        for p, q, g in zip(ps_a, ps_b, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_b.step()
+    for p, q in zip(ps_a, ps_b):
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-7), (p - q).abs().max()
+        sa, sb = opt_a.state[p], opt_b.state[q]
+        assert torch.allclose(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("recompute_calls", [0, 2])
+def test_compiled_step_matches_eager(recompute_calls: int) -> None:
+    """Compiled blocks, the fused loss and per-call recompute give the eager step's loss and grads."""
+    mcfg = model_config("S", vocab_size=4096, n_layers=4)
+    batch = _batch(1024, mcfg.vocab_size, 0).with_loss_index().to("cuda")
+    grads = []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = HRMTextLM(mcfg)
+        cfg = Config(model=mcfg)
+        cfg.train.compile = compile_
+        prepare_model(model, cfg.train, torch.device("cuda"))
+        out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), True, recompute_calls if compile_ else 0)
+        grads.append((out.loss_sum, [p.grad.clone() for p in model.parameters()]))
+    (l0, g0), (l1, g1) = grads
+    assert torch.allclose(l0, l1, rtol=2e-3), (l0, l1)
+    num = sum(float((a - b).float().norm() ** 2) for a, b in zip(g0, g1)) ** 0.5
+    den = sum(float(a.float().norm() ** 2) for a in g0) ** 0.5
+    assert num / den < 2e-2, num / den
+
+
+def test_fp8_step_runs_and_stays_close_to_bf16() -> None:
+    pytest.importorskip("torchao")
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 needs compute capability 8.9+")
+    mcfg = model_config("S", vocab_size=4096, n_layers=4)
+    batch = _batch(2048, mcfg.vocab_size, 1).with_loss_index().to("cuda")
+    losses = []
+    for fp8 in (False, True):
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = HRMTextLM(mcfg)
+        cfg = Config(model=mcfg)
+        cfg.train.fp8 = fp8
+        prepare_model(model, cfg.train, torch.device("cuda"))
+        out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)
+        losses.append(float(out.loss_sum))
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert abs(losses[1] - losses[0]) / losses[0] < 0.02, losses
