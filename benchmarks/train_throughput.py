@@ -23,6 +23,7 @@ Results: OUT/train_throughput.json and a Markdown table on stdout.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import math
 import os
@@ -134,6 +135,11 @@ def _profile_split(prof: Any) -> dict[str, float]:
 
 def worker(args: argparse.Namespace) -> None:
     t_launch = float(os.environ["HRM_BENCH_LAUNCH"])
+    faulthandler.dump_traceback_later(60, repeat=True)  # where a slow cold start spends its time
+
+    def phase(what: str) -> None:
+        print(f"PHASE {what} {time.time() - t_launch:.1f}s", flush=True)
+
     sys.path.insert(0, args.src)
     import torch
 
@@ -146,6 +152,7 @@ def worker(args: argparse.Namespace) -> None:
         from hrm_text.train import step as step_mod
     except ImportError:  # the previous release: its trainer's recipe, written out
         step_mod = None
+    phase(f"imported (inductor compile_threads={torch._inductor.config.compile_threads})")
     opts = json.loads(args.opts)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # cpu: smoke runs only
     extra = {"n_layers": args.layers} if args.layers else {}
@@ -161,6 +168,7 @@ def worker(args: argparse.Namespace) -> None:
     elif cfg.train.compile:
         for blk in model.blocks():
             blk.compile()
+    phase("model built and prepared")
     opt = AdamAtan2(model.parameters(), lr=2.2e-4)
     ema = ModelEMA(model, decay=0.9999)
     rows = torch.load(args.rows_file)
@@ -206,6 +214,7 @@ def worker(args: argparse.Namespace) -> None:
         loss, _ = step(i)
         losses.append(float(loss))
         sync()
+        phase(f"step {i + 1} done")
         if i == 0:
             res["cold_start_s"] = round(time.time() - t_launch, 1)  # launch -> first optimizer step done
     res["launch_to_step3_s"] = round(time.time() - t_launch, 1)
@@ -225,6 +234,8 @@ def worker(args: argparse.Namespace) -> None:
     res["step_s_median"] = round(sorted(times)[len(times) // 2], 4)
     res["tokens_per_s"] = round(sum(reals) / sum(times), 1)
     res["losses"] = [round(x, 5) for x in losses]
+    phase("timed steps done")
+    faulthandler.cancel_dump_traceback_later()
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -284,15 +295,21 @@ def run_variant(args: argparse.Namespace, name: str, src: str, opts: dict[str, A
         cmd += ["--layers", str(args.layers)]
     if args.profile:
         cmd.append("--profile")
-    try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.variant_timeout)
-    except subprocess.TimeoutExpired:
-        return {"variant": name, "error": f"timed out after {args.variant_timeout} s"}
-    (out / f"log_{name}.txt").write_text(p.stdout[-20000:] + "\n--- stderr ---\n" + p.stderr[-20000:])
-    for line in p.stdout.splitlines():
+    log_path = out / f"log_{name}.txt"
+    with open(log_path, "w") as log:  # streamed, so a variant that runs out of time still shows where
+        p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            p.wait(timeout=args.variant_timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    text = log_path.read_text()
+    for line in text.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    return {"variant": name, "error": f"exit {p.returncode}: {p.stderr.strip().splitlines()[-1:] if p.stderr else ''}"}
+    phases = [ln for ln in text.splitlines() if ln.startswith("PHASE ")]
+    why = f"timed out after {args.variant_timeout} s" if p.returncode in (-9, None) else f"exit {p.returncode}"
+    return {"variant": name, "error": why, "phases": phases[-3:], "tail": text.strip().splitlines()[-3:]}
 
 
 def main() -> None:

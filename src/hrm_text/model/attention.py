@@ -100,7 +100,10 @@ def _flex_block_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> Any:
     def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         return (doc[b, q] == doc[b, k]) & ((k <= q) | (pre[b, q] & pre[b, k]))
 
-    return create_block_mask(mask_mod, B, None, T, T, device=doc_ids.device, _compile=True)
+    # Not compiled: a cold compile of the mask builder took over 240 of the 272 s from launch to the
+    # first step at XL width on an H200 (docs/PERFORMANCE.md). Eager it evaluates the [T, T] mask
+    # once per batch (a few GB of transient memory at T = 12,288) in a few elementwise kernels.
+    return create_block_mask(mask_mod, B, None, T, T, device=doc_ids.device, _compile=False)
 
 
 @functools.lru_cache(maxsize=1)
