@@ -14,7 +14,8 @@ and the loss are float32; the head's gradient is accumulated in float32 across c
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import torch
 
@@ -23,13 +24,33 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)  # float32, or float64 for float64 inputs
 
 
-def _chunk_stats(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _chunk_stats_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row log-sum-exp, target logit and argmax-hit for one chunk (float32 statistics)."""
-    logits = (h @ w.t()).to(_stat_dtype(h.dtype))
+    logits = logits.to(_stat_dtype(logits.dtype))
     lse = torch.logsumexp(logits, dim=-1)
     target_logit = logits.gather(1, targets[:, None]).squeeze(1)
     hit = logits.argmax(-1) == targets
     return lse, target_logit, hit
+
+
+def _chunk_dlogits(logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """d loss / d logits = (softmax - onehot(target)) * g, in the matmul dtype."""
+    probs = torch.exp(logits.to(lse.dtype) - lse[:, None])
+    probs.scatter_add_(1, targets[:, None], torch.full_like(probs[:, :1], -1.0))
+    return (probs * g).to(logits.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(fn_name: str) -> Callable[..., Any]:
+    # on CUDA the float32 statistics are compiled: one fused pass over each chunk's logits instead
+    # of about five eager passes (cast, logsumexp, gather, argmax; exp, scatter, scale, cast)
+    return torch.compile({"stats": _chunk_stats_from_logits, "dlogits": _chunk_dlogits}[fn_name])
+
+
+def _maybe_compiled(fn_name: str, device: torch.device) -> Callable[..., Any]:
+    if device.type == "cuda":
+        return _compiled(fn_name)
+    return {"stats": _chunk_stats_from_logits, "dlogits": _chunk_dlogits}[fn_name]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -42,8 +63,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         lse = torch.empty(n, dtype=sd, device=h.device)
         loss = torch.zeros((), dtype=sd, device=h.device)
         correct = torch.zeros((), dtype=torch.int64, device=h.device)
+        stats = _maybe_compiled("stats", h.device)
         for s in range(0, n, chunk):
-            c_lse, c_tgt, c_hit = _chunk_stats(hc[s : s + chunk], wc, targets[s : s + chunk])
+            c_lse, c_tgt, c_hit = stats(hc[s : s + chunk] @ wc.t(), targets[s : s + chunk])
             lse[s : s + chunk] = c_lse
             loss += (c_lse - c_tgt).sum()
             correct += c_hit.sum()
@@ -62,13 +84,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         sd = lse.dtype
         grad_w = torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, sd)) if ctx.needs_input_grad[1] else None
         g = grad_loss.to(sd)
+        dlogits_fn = _maybe_compiled("dlogits", hc.device)
         for s in range(0, hc.shape[0], chunk):
             h_c = hc[s : s + chunk]
-            logits = (h_c @ wc.t()).to(sd)
-            # d loss / d logits = softmax - onehot(target), times the incoming scalar gradient
-            probs = torch.exp(logits - lse[s : s + chunk, None])
-            probs.scatter_add_(1, targets[s : s + chunk, None], torch.full_like(probs[:, :1], -1.0))
-            dlogits = (probs * g).to(hc.dtype)
+            dlogits = dlogits_fn(h_c @ wc.t(), lse[s : s + chunk], targets[s : s + chunk], g)
             if grad_h is not None:
                 grad_h[s : s + chunk] = dlogits @ wc
             if grad_w is not None:
