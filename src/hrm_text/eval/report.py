@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hrm_text.eval.suites import BENCHMARKS, PAPER_BENCHMARKS, SuiteResult
+from hrm_text.eval.results import SuiteResult
+from hrm_text.eval.tasks.registry import BENCHMARKS, PAPER_BENCHMARKS
 
 __all__ = [
     "PAPER_ORDER",
