@@ -94,15 +94,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Send a picklable object from `src` to every rank (e.g. the checkpoint path rank 0 chose)."""
-    if not is_initialized() or get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def cleanup() -> None:
     """Destroy the process group (if any) so torchrun sees a clean exit."""
     if is_initialized():
