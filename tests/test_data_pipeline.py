@@ -1,4 +1,5 @@
-"""Tokenize -> sample -> PackedLoader: every rule of SPEC section 4 and the batch layout of section 3."""
+"""Tokenize -> sample -> PackedLoader: every rule of docs/ARCHITECTURE.md#data-pipeline
+and the batch layout of #sequence-layout-and-objective."""
 
 from __future__ import annotations
 

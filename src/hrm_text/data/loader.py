@@ -1,4 +1,5 @@
-"""Training-time data: the memory-mapped sampled corpus and the multipack loader (SPEC 3-4).
+"""Training-time data: the memory-mapped sampled corpus and the multipack loader
+(docs/ARCHITECTURE.md#batching).
 
 `SampledData` opens a directory written by `hrm-text data sample` without reading it into memory
 (the token store can be far larger than RAM). `PackedLoader` turns it into one `PackedBatch` of
