@@ -1,5 +1,6 @@
 """GPU check: the `flex` and `sdpa` PrefixLM backends agree (forward and gradients) within bf16
-tolerance on packed rows with the SPEC's edge cases, for attention alone and for a whole model.
+tolerance on packed rows with the edge cases of
+docs/ARCHITECTURE.md#sequence-layout-and-objective, for attention alone and for a whole model.
 
     python benchmarks/check_attention_gpu.py [--out results.json]
 """

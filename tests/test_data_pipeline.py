@@ -1,4 +1,5 @@
-"""Tokenize -> sample -> PackedLoader: every rule of SPEC section 4 and the batch layout of section 3."""
+"""Tokenize -> sample -> PackedLoader: every rule of docs/ARCHITECTURE.md#data-pipeline
+and the batch layout of #sequence-layout-and-objective."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 import torch
 from test_data_common import arith_rows, tiny_tokenizer, write_jsonl
 
-from hrm_text.data.batch import IGNORE_INDEX, pack_rows
-from hrm_text.data.loader import PackedLoader, SampledData, build_row, plan_steps
+from hrm_text.data.batch import IGNORE_INDEX, layout_row, pack_rows
+from hrm_text.data.loader import PackedLoader, SampledData, plan_steps
 from hrm_text.data.sample import RulesError, parse_rules, sample_corpus, select_epochs
 from hrm_text.data.tokenize import Options, TokenizedEntry, smallest_uint, tokenize_sources
 from hrm_text.data.tokenizer import TextTokenizer
@@ -196,7 +197,7 @@ def test_label_shift_at_eoq(sampled):
 
 def test_edge_rows():
     # a 1-token response (only <eoa>), an example that fills the whole row
-    r = build_row([(np.array([1, 4, 9, 2]), np.array([3]))], 4 + 1, 0)
+    r = layout_row([(np.array([1, 4, 9, 2]), np.array([3]))], 4 + 1, 0)
     assert r["labels"].tolist() == [-100, -100, -100, 3, -100] and r["doc_ids"].tolist() == [0] * 5
 
 

@@ -1,4 +1,4 @@
-"""Tokenizer and record-validation rules (SPEC sections 3-4)."""
+"""Tokenizer and record-validation rules (docs/ARCHITECTURE.md#special-tokens, #records)."""
 
 from __future__ import annotations
 

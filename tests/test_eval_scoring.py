@@ -1,4 +1,5 @@
-"""Scoring rules of SPEC section 6 on hand-made cases, including malformed generations."""
+"""Scoring rules of docs/ARCHITECTURE.md#evaluation-protocol on hand-made cases, including malformed
+generations."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest
 
 from hrm_text.eval import report as R
 from hrm_text.eval import scoring as S
-from hrm_text.eval.suites import (
+from hrm_text.eval.runner import (
     BENCHMARKS,
     PAPER_BENCHMARKS,
     EvalItem,

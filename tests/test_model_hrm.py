@@ -1,4 +1,4 @@
-"""HRM recurrence, deep credit assignment, presets and FLOPs accounting (SPEC section 2)."""
+"""HRM recurrence, deep credit assignment, presets and FLOPs accounting (docs/ARCHITECTURE.md#model)."""
 
 import math
 
@@ -12,7 +12,8 @@ from hrm_text.model.lm import HRMTextLM
 
 SPEC_PARAMS = {"B": 0.30e9, "L": 0.69e9, "XL": 1.18e9, "XXL": 3.3e9, "XXL_wide": 3.1e9}
 
-# Call order for H2 L3 is L L L H L L L H; SPEC examples: K=2 records the final L and H,
+# Call order for H2 L3 is L L L H L L L H; docs/ARCHITECTURE.md#deep-credit-assignment:
+# K=2 records the final L and H,
 # K=5 records both H calls and the last 3 L calls.
 EXPECTED_RECORDED = {
     2: {6, 7},

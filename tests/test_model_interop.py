@@ -1,4 +1,5 @@
-"""Interop with transformers' `hrm_text`, an implementation nobody here wrote (SPEC section 7)."""
+"""Interop with transformers' `hrm_text`, an implementation nobody here wrote
+(docs/ARCHITECTURE.md#transformers-interop)."""
 
 import json
 

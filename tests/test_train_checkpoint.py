@@ -325,7 +325,7 @@ def test_hrm_model_resume_is_bitwise(tmp_path):
 
 
 def test_single_process_distributed_helpers(monkeypatch):
-    from hrm_text.train.distributed import all_reduce_sum, apply_fsdp2, barrier, broadcast_object, init_distributed
+    from hrm_text.train.distributed import all_reduce_sum, apply_fsdp2, barrier, init_distributed
 
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
@@ -335,7 +335,6 @@ def test_single_process_distributed_helpers(monkeypatch):
     t = torch.tensor([3.0])
     assert all_reduce_sum(t) is t and t.item() == 3.0
     barrier()
-    assert broadcast_object({"a": 1}) == {"a": 1}
     with pytest.raises(RuntimeError, match="process group"):
         apply_fsdp2(Net(), [], mp_dtype=None)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hrm_text.config import load_config
-from hrm_text.eval.suites import MissingBenchmarkData
+from hrm_text.eval.runner import MissingBenchmarkData
 from hrm_text.model.lm import HRMTextLM
 from hrm_text.train.evaluation import make_eval_fn
 

@@ -13,7 +13,8 @@ from hrm_text.train.optim import AdamAtan2, ModelEMA
 
 
 def reference_adam_atan2(p0, grads, lr, b1, b2, wd):
-    """SPEC section 5 written out literally, one scalar formula per line, in float64."""
+    """docs/ARCHITECTURE.md#optimiser-and-schedules written out literally, one scalar formula per line,
+    in float64."""
     p = p0.clone().double()
     m = torch.zeros_like(p)
     v = torch.zeros_like(p)

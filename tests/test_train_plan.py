@@ -18,7 +18,8 @@ from hrm_text.train.plan import (
 
 
 def test_xl_reproduces_the_papers_run():
-    """SPEC section 1: XL, 60B tokens, 16 H100 -> 46 h, 736 GPU-hours, $1,472 at $2; ~1.0e21 FLOPs."""
+    """docs/ARCHITECTURE.md#paper-results-and-cost: XL, 60B tokens, 16 H100 -> 46 h, 736 GPU-hours,
+    $1,472 at $2; ~1.0e21 FLOPs."""
     r = plan("XL", 60e9, 16, 2.0)
     assert r.hours == pytest.approx(46.0)
     assert r.gpu_hours == pytest.approx(736.0)
@@ -47,7 +48,7 @@ def test_other_presets_are_estimated_at_38_percent_mfu():
     assert "estimated" in r.throughput.source and "38%" in r.throughput.source
     assert r.implied_mfu == pytest.approx(ESTIMATE_MFU)
     assert r.notes and "estimate" in r.notes[0]
-    # the SPEC's L run: 8 H100 for about 50 h (about $800)
+    # the paper's L run (docs/ARCHITECTURE.md#paper-results-and-cost): 8 H100 for about 50 h (about $800)
     assert 40 < r.hours < 60
     # L's batch of 172,032 over 8 GPUs exceeds 16,384 tokens/rank: accumulation makes it up
     r2 = plan("L", 60e9, 8, 2.0, global_batch_tokens=172_032)

@@ -28,7 +28,7 @@ ATTN_BACKENDS = ("auto", "sdpa", "flex", "fa3")
 
 @dataclass
 class ModelConfig:
-    """Shape of the network (SPEC section 2). `n_layers` is the total over both stacks for HRM."""
+    """Shape of the network (docs/ARCHITECTURE.md#model). `n_layers` is the total over both stacks for HRM."""
 
     arch: Literal["hrm", "transformer", "looped", "trm", "rins"] = "hrm"
     preset: str | None = None
@@ -92,7 +92,8 @@ class ModelConfig:
             raise ConfigError(f"model.bp_warmup_ratio must be in [0, 1] (got {self.bp_warmup_ratio})")
 
 
-# SPEC presets. `tiny` and `S` are ours (laptop CPU and small-GPU sizes); the rest are the paper's.
+# Presets (docs/ARCHITECTURE.md#presets). `tiny` and `S` are ours (laptop CPU and small-GPU sizes); the
+# rest are the paper's.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_layers=4, hidden_size=128, num_heads=2, head_dim=64, mlp_multiple=128, max_seq_len=512, vocab_size=2048),
     "S": dict(n_layers=14, hidden_size=512, num_heads=4, head_dim=128),
@@ -120,7 +121,8 @@ def model_config(preset: str | None = None, **overrides: Any) -> ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where training data lives and how it is batched (SPEC sections 3-4)."""
+    """Where training data lives and how it is batched (docs/ARCHITECTURE.md#sequence-layout-and-objective,
+    #data-pipeline)."""
 
     sampled_dir: str | None = None  # output of `hrm-text data sample`
     tokenizer_dir: str | None = None
@@ -133,7 +135,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and run control (SPEC section 5)."""
+    """Optimisation and run control (docs/ARCHITECTURE.md#optimiser-and-schedules)."""
 
     out_dir: str = "runs/default"
     init_from: str | None = None  # checkpoint dir (SFT / fine-tune)

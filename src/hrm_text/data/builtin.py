@@ -344,11 +344,6 @@ def builtin_heldout_files(corpus_dir: str | os.PathLike) -> dict[str, Path]:
     return {n: d / f"{n}.jsonl" for n in names if (d / f"{n}.jsonl").is_file()}
 
 
-def builtin_train_dir(corpus_dir: str | os.PathLike) -> Path:
-    """The folder to pass to `hrm-text data tokenize` (train files only)."""
-    return Path(corpus_dir) / "train"
-
-
 def write_builtin_corpus(
     out_dir: str | os.PathLike,
     size: str = "quickstart",

@@ -67,7 +67,7 @@ def tokenizer_cmd(
     max_texts: Optional[int] = typer.Option(None, help="Read at most this many texts (BPE statistics saturate early)."),
     min_frequency: int = typer.Option(2, help="Minimum pair frequency for a merge (SPEC: 2)."),
 ) -> None:
-    """Train the byte-level BPE tokenizer with the SPEC split pattern and special tokens."""
+    """Train the byte-level BPE tokenizer with the paper's split pattern and special tokens."""
     from .tokenizer import train_tokenizer
 
     for s in srcs:

@@ -1,4 +1,5 @@
-"""Training-time data: the memory-mapped sampled corpus and the multipack loader (SPEC 3-4).
+"""Training-time data: the memory-mapped sampled corpus and the multipack loader
+(docs/ARCHITECTURE.md#batching).
 
 `SampledData` opens a directory written by `hrm-text data sample` without reading it into memory
 (the token store can be far larger than RAM). `PackedLoader` turns it into one `PackedBatch` of
@@ -150,9 +151,6 @@ def plan_steps(
     return steps, dropped
 
 
-build_row = layout_row  # one row of a packed batch; kept under this name for callers
-
-
 def _to_batch(row: dict[str, np.ndarray]) -> PackedBatch:
     return PackedBatch(**{k: torch.from_numpy(v).unsqueeze(0) for k, v in row.items()})
 
@@ -253,7 +251,7 @@ class PackedLoader:
 
     def build_batch(self, epoch: int, step: int) -> PackedBatch:
         ids = self._plan(epoch)[step][self.rank]
-        return _to_batch(build_row([self._example(i) for i in ids], self.tokens_per_rank, self.pad_id))
+        return _to_batch(layout_row([self._example(i) for i in ids], self.tokens_per_rank, self.pad_id))
 
     # ---- position ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

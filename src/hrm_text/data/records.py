@@ -1,4 +1,4 @@
-"""Reading and validating instruction-response records (SPEC section 4).
+"""Reading and validating instruction-response records (docs/ARCHITECTURE.md#records).
 
 Input rows look like `{"condition": "cot", "instruction": "...", "response": "..."}` in JSONL,
 Parquet or any `datasets` dataset. Real corpora are dirty, so every row is validated and bad rows
@@ -15,7 +15,7 @@ Checks, each with its own reason key:
   unknown_condition   a condition tag that is not one of direct, cot, noisy, synth
 
 A missing or null `condition` means the default condition (`direct` unless changed): most public
-datasets have no such column, and "direct" is the SPEC default.
+datasets have no such column, and "direct" is the paper's default.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class ColumnMap:
 
 
 def strip_think(text: str) -> str:
-    """Remove `<think>...</think>` spans (reasoning traces) from a response; SPEC section 4."""
+    """Remove `<think>...</think>` spans (reasoning traces) from a response (docs/ARCHITECTURE.md#records)."""
     if "<think>" not in text:
         return text
     text = _THINK_RE.sub("", text)

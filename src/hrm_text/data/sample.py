@@ -1,4 +1,5 @@
-"""`hrm-text data sample`: stratified per-epoch sampling of a tokenized corpus (SPEC section 4).
+"""`hrm-text data sample`: stratified per-epoch sampling of a tokenized corpus
+(docs/ARCHITECTURE.md#stratified-sampling).
 
 A web-scale mixture is dominated by a few huge sources; training on it as-is would drown the small,
 valuable ones. The sampler therefore decides, per source file and per epoch, how many rows go in:

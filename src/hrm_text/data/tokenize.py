@@ -1,4 +1,4 @@
-"""`hrm-text data tokenize`: record files -> per-file token arrays (SPEC section 4).
+"""`hrm-text data tokenize`: record files -> per-file token arrays (docs/ARCHITECTURE.md#tokenized-layout).
 
 Layout of the output directory:
 
@@ -50,7 +50,7 @@ _HEADER_LEN = 128  # a 1-D .npy v1.0 header is always 128 bytes for any length <
 
 
 def smallest_uint(max_value: int) -> np.dtype:
-    """The smallest unsigned dtype holding `max_value` (SPEC: tokens in the smallest that fits)."""
+    """The smallest unsigned dtype holding `max_value` (docs/ARCHITECTURE.md#tokenized-layout)."""
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
         if max_value <= np.iinfo(dt).max:
             return np.dtype(dt)

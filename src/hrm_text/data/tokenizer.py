@@ -1,4 +1,5 @@
-"""Byte-level BPE tokenizer with the HRM-Text special tokens (SPEC sections 3 and 4).
+"""Byte-level BPE tokenizer with the HRM-Text special tokens (docs/ARCHITECTURE.md#special-tokens,
+#tokenizer).
 
 Why a thin wrapper around HF `tokenizers` instead of using it directly: the training code needs
 the ids of `<boq>`, `<eoq>`, `<eoa>`, the condition tags and the pad token by *role*, and it must
@@ -22,7 +23,8 @@ from typing import Iterable, Iterator, Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-# Role -> token string. These are the strings of the released HRM-Text tokenizer (SPEC section 3).
+# Role -> token string. These are the strings of the released HRM-Text tokenizer
+# (docs/ARCHITECTURE.md#special-tokens).
 # The pad token is ours: `<|endoftext|>` is never produced from text (special) and is id 0 in a
 # tokenizer trained by `train_tokenizer`, so zero-filled buffers are padding by construction.
 SPECIAL_TOKENS: dict[str, str] = {
@@ -39,7 +41,7 @@ SPECIAL_TOKENS: dict[str, str] = {
 CONDITIONS: tuple[str, ...] = ("direct", "cot", "noisy", "synth")
 CONDITION_TOKENS: dict[str, str] = {c: SPECIAL_TOKENS[c] for c in CONDITIONS}
 
-# SPEC section 4: every digit is its own pre-token; no prefix space is added.
+# docs/ARCHITECTURE.md#tokenizer: every digit is its own pre-token; no prefix space is added.
 SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -52,7 +54,7 @@ MODEL_MAX_LENGTH = 4097
 def parse_condition(s: str | None) -> list[str]:
     """Split a condition string such as "synth,cot" into validated tags, in order.
 
-    Empty or None means "direct" (the SPEC default). Raises ValueError naming the unknown tag, so
+    Empty or None means "direct" (the paper's default). Raises ValueError naming the unknown tag, so
     a typo in a data file or on the command line is reported instead of silently training on it.
     """
     if s is None or not str(s).strip():
@@ -113,7 +115,8 @@ def train_tokenizer(
     max_texts: int | None = None,
     show_progress: bool = False,
 ) -> "TextTokenizer":
-    """Train the SPEC tokenizer: byte-level BPE, the SPEC split pattern, min frequency 2.
+    """Train the paper's tokenizer: byte-level BPE, its split pattern, min frequency 2
+    (docs/ARCHITECTURE.md#tokenizer).
 
     `files_or_texts` mixes paths (JSONL/Parquet record files or folders, .txt files) and raw
     strings. The 8 special tokens take ids 0..7 (pad first), then the 256 byte symbols, then merges.

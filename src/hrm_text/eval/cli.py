@@ -142,7 +142,7 @@ def eval_cmd(
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights instead of the EMA weights."),
 ) -> None:
     """Evaluate a checkpoint on the paper's benchmarks or the built-in held-out suite."""
-    from hrm_text.eval.suites import MissingBenchmarkData, builtin_items, paper_items, run_suite
+    from hrm_text.eval.runner import MissingBenchmarkData, builtin_items, paper_items, run_suite
     from hrm_text.infer.loading import ModelLoadError
 
     logging.basicConfig(level=logging.WARNING)

@@ -8,8 +8,9 @@
     lm_eval.simple_evaluate(model="hrm_text", model_args="ckpt=PATH", tasks=[...])
 
 Why not the stock `hf` backend: it feeds `context + continuation` as one causal sequence, so an
-HRM-Text model (trained PrefixLM: the instruction attends bidirectionally, SPEC section 3) is scored
-as if it were causal, with no `<boq>`/condition/`<eoq>` framing; SPEC section 7 quotes ARC-C 0.71
+HRM-Text model (trained PrefixLM: the instruction attends bidirectionally,
+docs/ARCHITECTURE.md#sequence-layout-and-objective) is scored as if it were causal, with no
+`<boq>`/condition/`<eoq>` framing; docs/ARCHITECTURE.md#transformers-interop quotes ARC-C 0.71
 vs 0.12 for the two. Here every request is laid out exactly as in training:
 
     context       -> prompt   `<boq> <cond...> context <eoq>`   (bidirectional, `is_prefix`)

@@ -1,8 +1,9 @@
 """Evaluation results as JSON and markdown, side by side with the paper or another run.
 
-The paper's numbers (SPEC sections 1 and 2) are kept here as data so that `--compare paper` needs
-no network and no PDF; a results JSON written by `save_results` can be compared the same way, which
-is how two checkpoints (or two inference settings) are put next to each other.
+The paper's numbers (docs/ARCHITECTURE.md#paper-results-and-cost, #baselines) are kept here as data
+so that `--compare paper` needs no network and no PDF; a results JSON written by `save_results` can
+be compared the same way, which is how two checkpoints (or two inference settings) are put next to
+each other.
 
     python -m hrm_text.eval.report results.json --compare paper [--compare other.json] [--groups]
 """
@@ -16,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hrm_text.eval.suites import BENCHMARKS, PAPER_BENCHMARKS, SuiteResult
+from hrm_text.eval.results import SuiteResult
+from hrm_text.eval.tasks.registry import BENCHMARKS, PAPER_BENCHMARKS
 
 __all__ = [
     "PAPER_ORDER",
@@ -43,7 +45,7 @@ def _row(values: Sequence[float]) -> dict[str, float]:
 
 PAPER_HRM = "HRM-Text 1B (paper)"
 
-# SPEC section 2, "Paper's FLOPs-matched results" (percent; DROP is F1 as reported there).
+# docs/ARCHITECTURE.md#baselines, the paper's FLOPs-matched results (percent; DROP is F1 as reported there).
 PAPER_REFERENCE: dict[str, dict[str, float]] = {
     PAPER_HRM: _row([60.7, 81.9, 63.4, 72.4, 86.2, 82.2, 84.5, 56.2]),
     "Looped 1B (paper)": _row([56.5, 74.1, 47.6, 68.2, 82.4, 76.2, 75.1, 48.3]),

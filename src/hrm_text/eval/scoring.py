@@ -1,4 +1,4 @@
-"""Scoring rules of the paper's evaluation protocol (SPEC section 6).
+"""Scoring rules of the paper's evaluation protocol (docs/ARCHITECTURE.md#evaluation-protocol).
 
 Every public function here takes raw model output and must never raise on it: a generation may be
 empty, cut off mid-expression (unbalanced braces), enormous, or pure noise, and one bad output must

@@ -2,7 +2,8 @@
 
 Accepts either a checkpoint directory of ours (`runs/x/step_000100`, or a run directory, whose newest
 complete checkpoint is taken) or a transformers `hrm_text` folder (config.json + safetensors +
-tokenizer files). EMA weights are used by default, as the SPEC asks for evaluation and export.
+tokenizer files). EMA weights are used by default: evaluation and export use them
+(docs/ARCHITECTURE.md#optimiser-and-schedules).
 """
 
 from __future__ import annotations

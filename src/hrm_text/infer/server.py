@@ -32,7 +32,7 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 import torch
@@ -214,16 +214,6 @@ def _float_field(body: dict[str, Any], name: str, default: float, lo: float, hi:
         bracket = "(" if lo_open else "["
         raise APIError(400, f"'{name}' must be in {bracket}{lo}, {hi}] (got {v})", name)
     return v
-
-
-@dataclass
-class _Parsed:
-    prompts: list[list[int]]
-    params: SamplingParams
-    stream: bool
-    model: str
-    condition: str
-    echo_prompts: list[str] = field(default_factory=list)
 
 
 class ServerState:

@@ -1,6 +1,7 @@
 """PrefixLM attention over packed rows, with one mask object shared by every layer and call.
 
-Rule (SPEC section 3), for query position q and key position k of the same row:
+Rule (docs/ARCHITECTURE.md#sequence-layout-and-objective), for query position q and key position k
+of the same row:
 
     allowed(q, k) = doc[q] == doc[k] and (k <= q or (prefix[q] and prefix[k]))
 

@@ -1,4 +1,4 @@
-"""Baseline architectures as schedules over the same blocks and batch format (SPEC section 2).
+"""Baseline architectures as schedules over the same blocks and batch format (docs/ARCHITECTURE.md#baselines).
 
   transformer  one stack of all `n_layers`, one pass
   looped       one stack of all `n_layers` run `looped_cycles` times, z = stack(z + x) with z0 = 0;

@@ -1,4 +1,5 @@
-"""Parameter counts and the paper's FLOPs accounting (SPEC section 2), from the config alone.
+"""Parameter counts and the paper's FLOPs accounting (docs/ARCHITECTURE.md#flops-accounting), from the
+config alone.
 
 Paper's rule: a stack call costs 2 * N_call FLOPs per token forward and 4 * N_call backward, where
 N_call is the non-embedding parameter count of the stack called. Only recorded calls (deep credit

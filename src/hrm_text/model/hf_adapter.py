@@ -1,4 +1,5 @@
-"""State-dict and config adapter to and from transformers' `hrm_text` format (SPEC section 7).
+"""State-dict and config adapter to and from transformers' `hrm_text` format
+(docs/ARCHITECTURE.md#transformers-interop).
 
 Our parameter names already are the on-disk names of the released checkpoint (fused
 `attn.gqkv_proj` with rows gate|q|k|v, fused `mlp.gate_up_proj` with rows gate|up), so export is a

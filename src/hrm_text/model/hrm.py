@@ -1,4 +1,4 @@
-"""The recurrent core: stacks of blocks called in a fixed schedule (SPEC section 2).
+"""The recurrent core: stacks of blocks called in a fixed schedule (docs/ARCHITECTURE.md#the-recurrence).
 
 Every architecture in this project is a *schedule*: named state vectors per token (z_H, z_L, ...),
 named stacks, and an ordered list of stack calls `target = stack(sum of input states)`. HRM is
@@ -55,8 +55,9 @@ class Schedule:
 
 
 def hrm_recorded_calls(calls: tuple[Call, ...], K: int | None, h_cycles: int) -> tuple[bool, ...]:
-    """SPEC rule: H calls first. H_bp = min(H_cycles, K-1), L_bp = K - H_bp; the last H_bp H calls
-    and the last L_bp L calls (counted over all cycles) are recorded."""
+    """H calls first (docs/ARCHITECTURE.md#deep-credit-assignment). H_bp = min(H_cycles, K-1),
+    L_bp = K - H_bp; the last H_bp H calls and the last L_bp L calls (counted over all cycles) are
+    recorded."""
     if K is None:
         return tuple(True for _ in calls)
     h_bp = min(h_cycles, K - 1)

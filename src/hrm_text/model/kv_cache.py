@@ -41,9 +41,6 @@ class StaticKVCache:
     def view(self, slot: int, positions: torch.Tensor, rows: torch.Tensor | None = None) -> "CacheView":
         return CacheView(self.k[slot], self.v[slot], positions, rows)
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
     def prompt_writes(self) -> "PromptWrites":
         """This cache as a prefill should see it (see PromptWrites)."""
         return PromptWrites(self)

@@ -1,4 +1,4 @@
-"""Building blocks shared by HRM and every baseline (SPEC section 2, "Block").
+"""Building blocks shared by HRM and every baseline (docs/ARCHITECTURE.md#block).
 
 Parameter names follow the released checkpoint's on-disk layout (`attn.gqkv_proj`, `attn.o_proj`,
 `mlp.gate_up_proj`, `mlp.down_proj`), so our state dict is transformers' file format as-is.
@@ -21,7 +21,7 @@ Linear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, weight [out
 
 
 def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """RMSNorm with no learnable scale, computed in float32 (SPEC: MagicNorm's norm)."""
+    """RMSNorm with no learnable scale, computed in float32 (docs/ARCHITECTURE.md#magicnorm)."""
     xf = x.float()
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
 
@@ -157,7 +157,7 @@ class Block(nn.Module):
 
 
 class Stack(nn.Module):
-    """`n` pre-norm blocks then one final norm at the exit: MagicNorm (SPEC section 2).
+    """`n` pre-norm blocks then one final norm at the exit: MagicNorm (docs/ARCHITECTURE.md#magicnorm).
 
     `layer_call`, when set, runs each block as `layer_call(block, x, rope, mask, cache_view)`: the
     inference engine points it at one compiled function while decoding, so every block of every

@@ -83,7 +83,8 @@ class HRMTextLM(nn.Module):
         return self.lm_head(self.hidden(input_ids, position_ids, mask, *args, **kwargs))
 
     def loss(self, batch: PackedBatch, bp_steps: int | None = None, mask: AttnMask | None = None, remat_calls: int = 0) -> LossOutput:
-        """Response-only cross-entropy (SPEC section 3), summed; the caller normalises."""
+        """Response-only cross-entropy (docs/ARCHITECTURE.md#sequence-layout-and-objective), summed; the
+        caller normalises."""
         if mask is None:
             mask = self.build_mask(batch.doc_ids, batch.is_prefix)
         h = self.hidden(batch.input_ids, batch.position_ids, mask, bp_steps, remat_calls=remat_calls)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -90,7 +89,3 @@ def register(app: typer.Typer) -> None:
     app.command("train", context_settings=ctx)(train_cmd)
     app.command("plan")(plan_cmd)
     app.command("quickstart")(quickstart_cmd)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(0)

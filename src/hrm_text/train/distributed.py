@@ -94,15 +94,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Send a picklable object from `src` to every rank (e.g. the checkpoint path rank 0 chose)."""
-    if not is_initialized() or get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def cleanup() -> None:
     """Destroy the process group (if any) so torchrun sees a clean exit."""
     if is_initialized():
@@ -119,17 +110,19 @@ def apply_fsdp2(
 ) -> nn.Module:
     """Shard `model` with FSDP2: `fully_shard` on each block, then on the root.
 
-    Parameters stay float32 (the master copy, sharded across ranks); with `mp_dtype` the all-gathered
-    compute copy is in that dtype (bf16) and gradients are reduce-scattered in float32
-    (`MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=float32)`), matching SPEC "bf16
-    compute, fp32 master". `mp_dtype=None` keeps fp32 compute (tests, CPU). Per-block units let the
-    all-gather of the next block overlap the current one. HRM calls each block several times per
-    step; `reshard_after_forward=False` keeps a block's gathered weights between those calls (fewer
-    all-gathers, more memory): worth trying when the model is small compared with activations.
+    Parameters stay float32 (the master copy, sharded across ranks); with `mp_dtype` the
+    all-gathered compute copy is in that dtype (bf16) and gradients are reduce-scattered in float32
+    (`MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=float32)`), matching "bf16 compute,
+    fp32 master" (docs/ARCHITECTURE.md#block). `mp_dtype=None` keeps fp32 compute (tests, CPU).
+    Per-block units let the all-gather of the next block overlap the current one. HRM calls each
+    block several times per step; `reshard_after_forward=False` keeps a block's gathered weights
+    between those calls (fewer all-gathers, more memory): worth trying when the model is small
+    compared with activations.
     It applies to the blocks; the root unit always keeps its gathered weights until backward.
     `sum_gradients=True` sets FSDP's gradient divide factor to 1 so gradients are *summed* over
-    ranks (SPEC 5) instead of averaged: with the loss normalised by the global token count each
-    rank then holds exactly the single-process gradient, so N ranks and 1 process match.
+    ranks (docs/ARCHITECTURE.md#optimiser-and-schedules) instead of averaged: with the loss
+    normalised by the global token count each rank then holds exactly the single-process gradient,
+    so N ranks and 1 process match.
     `forward_methods`: root methods other than `forward` that run the whole model (`HRMTextLM.loss`);
     FSDP only hooks `forward`, so without registering them the root's parameters (embeddings, head)
     would stay sharded when the trainer calls `model.loss(batch)`. Register only outermost entry

@@ -24,7 +24,7 @@ def make_eval_fn(cfg: Config, max_new_tokens: int = 32) -> Callable[[HRMTextLM, 
     Items are built once, here, so that a missing file fails at start-up rather than at the first
     evaluation hours into a run."""
     from hrm_text.data.tokenizer import TextTokenizer
-    from hrm_text.eval.suites import builtin_items, paper_items, run_suite
+    from hrm_text.eval.runner import builtin_items, paper_items, run_suite
 
     use_paper = bool(cfg.eval.paper_data_dir) and cfg.eval.paper_limit > 0
     assert cfg.data.heldout_jsonl or use_paper or cfg.data.heldout_dir
@@ -90,7 +90,7 @@ def _heldout_rows(cfg: Config) -> list:
 
 def exact_match(model: HRMTextLM, tok: Any, items: list, max_new_tokens: int = 32) -> Any:
     """Greedy exact-match of held-out items (built-in suite) with an engine sized to the prompts."""
-    from hrm_text.eval.suites import run_suite
+    from hrm_text.eval.runner import run_suite
     from hrm_text.infer.textgen import make_engine, text_generate_fn
 
     longest = max(len(tok.encode_prompt(it.instruction, it.condition)) for it in items)

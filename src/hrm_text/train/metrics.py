@@ -1,10 +1,11 @@
 """Training metrics: JSONL (always), TensorBoard (if installed), W&B (if installed and asked), and a
 progress bar with loss, token accuracy, tokens/s, MFU, elapsed time, projected cost and ETA.
 
-MFU here is the SPEC's: achieved *model* FLOPs per second (the paper's accounting from
-`hrm_text.model.flops`, which counts recorded stack calls three times and the others once) divided by
-the device peak. The peak used is always reported next to the number (`peak_source`), because
-"MFU" against a datasheet and against a measured matmul rate differ by about 25% on an H100.
+MFU here is as in docs/ARCHITECTURE.md#flops-accounting: achieved *model* FLOPs per second (the
+paper's accounting from `hrm_text.model.flops`, which counts recorded stack calls three times and
+the others once) divided by the device peak. The peak used is always reported next to the number
+(`peak_source`), because "MFU" against a datasheet and against a measured matmul rate differ by
+about 25% on an H100.
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ def measure_matmul_flops(device: torch.device | str, dtype: torch.dtype | None =
 def device_peak_flops(device: torch.device | str) -> tuple[float, str]:
     """(peak FLOP/s, where the number comes from) for MFU.
 
-    CUDA devices in `PEAK_FLOPS_BF16` use the datasheet dense-BF16 figure (the SPEC's choice for the
-    paper's 38% MFU). Anything else is *measured*: the best rate of a square matmul (fp32 on CPU, bf16
-    on GPU) over ~0.3 s, so MFU on a laptop is relative to what its BLAS really reaches, not to a
-    marketing number that depends on the CPU's vector units and clock.
+    CUDA devices in `PEAK_FLOPS_BF16` use the datasheet dense-BF16 figure (the choice behind the
+    paper-derived 38% MFU, docs/ARCHITECTURE.md#flops-accounting). Anything else is *measured*: the
+    best rate of a square matmul (fp32 on CPU, bf16 on GPU) over ~0.3 s, so MFU on a laptop is
+    relative to what its BLAS really reaches, not to a marketing number that depends on the CPU's
+    vector units and clock.
     """
     device = torch.device(device)
     if device.type == "cuda":

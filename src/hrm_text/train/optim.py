@@ -1,8 +1,9 @@
-"""Adam-atan2 and the weight EMA (SPEC section 5).
+"""Adam-atan2 and the weight EMA (docs/ARCHITECTURE.md#optimiser-and-schedules).
 
 Adam-atan2 replaces Adam's `m / (sqrt(v) + eps)` with `atan2(m, sqrt(v))`. The update is bounded
 (|atan2| <= pi/2) and scale invariant without an epsilon, so there is no epsilon to tune and no
-blow-up when `v` is tiny (e.g. rarely seen embedding rows). The step, exactly as the SPEC:
+blow-up when `v` is tiny (e.g. rarely seen embedding rows). The step, exactly as in
+docs/ARCHITECTURE.md#optimiser-and-schedules:
 
     p   *= 1 - lr * wd                                  # decoupled weight decay, first
     m    = lerp(m, g, 1 - b1)
@@ -184,13 +185,14 @@ def _clean_name(name: str) -> str:
 class ModelEMA:
     """Exponential moving average of a model's parameters, in float32, for evaluation and export.
 
-    `shadow = decay * shadow + (1 - decay) * param` after each optimizer step (SPEC: decay 0.9999 for
-    pretraining, 0.999 for SFT). The shadow tensors are created from the live parameters, so under
-    FSDP2 they are DTensor shards laid out like the parameters: the update is rank-local and the
-    state dict is sharded the same way, which is what DCP needs to save and reshard it.
+    `shadow = decay * shadow + (1 - decay) * param` after each optimizer step (decay 0.9999 for
+    pretraining, 0.999 for SFT: docs/ARCHITECTURE.md#optimiser-and-schedules). The shadow tensors
+    are created from the live parameters, so under FSDP2 they are DTensor shards laid out like the
+    parameters: the update is rank-local and the state dict is sharded the same way, which is what
+    DCP needs to save and reshard it.
 
     `warmup=True` uses `min(decay, (1 + n) / (10 + n))` for the n-th update, so very short runs
-    (the CPU quickstart) get a useful average; the SPEC runs use the plain constant decay.
+    (the CPU quickstart) get a useful average; the paper's runs use the plain constant decay.
     Buffers are not averaged (the model's buffers, e.g. `z_L_init`, are fixed).
     """
 

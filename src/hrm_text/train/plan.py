@@ -4,7 +4,8 @@ FLOPs come from the paper's accounting (`hrm_text.model.flops.run_flops`, follow
 Hours come from a *throughput table* of tokens/s per GPU, one entry per (preset, GPU), each with the
 source of its number. Entries are filled from benchmark runs as they are made; until then:
 
-- XL on H100 is the SPEC's derived figure: 60e9 tokens / (46 h x 16 GPUs) = 22.6k tokens/s/GPU
+- XL on H100 is the paper-derived figure (docs/ARCHITECTURE.md#paper-results-and-cost):
+  60e9 tokens / (46 h x 16 GPUs) = 22.6k tokens/s/GPU
   ("paper-derived", about 38% MFU against 989 TFLOP/s dense bf16).
 - every other (preset, GPU) pair is *estimated* at that same 38% MFU of the GPU's datasheet peak:
   tokens/s/GPU = 0.38 x peak / (model FLOPs per token). Small presets will in practice reach a

@@ -1,4 +1,5 @@
-"""Learning-rate and deep-credit-assignment schedules (SPEC sections 2 and 5).
+"""Learning-rate and deep-credit-assignment schedules (docs/ARCHITECTURE.md#deep-credit-assignment,
+#optimiser-and-schedules).
 
 Both are pure functions of the step so that a resumed run recomputes exactly the values the
 uninterrupted run would have used: nothing about the schedule lives in the checkpoint except `step`.
@@ -34,7 +35,8 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
 
 
 def bp_steps_at(step: int, total_steps: int, model_cfg: ModelConfig, full_from_start: bool = False) -> int:
-    """K, the number of stack calls recorded for autograd at `step` (SPEC section 2):
+    """K, the number of stack calls recorded for autograd at `step`
+    (docs/ARCHITECTURE.md#deep-credit-assignment):
 
         K = bp_min + int(progress * (bp_max - bp_min)),  progress = min(1, step / (ratio * total_steps))
 

@@ -1,8 +1,8 @@
 """The training loop: one function from laptop CPU to multi-GPU FSDP2 (launch under torchrun).
 
-    step:  K = bp_steps_at(step)            deep credit assignment warm-up (SPEC 2)
+    step:  K = bp_steps_at(step)            K warm-up (docs/ARCHITECTURE.md#deep-credit-assignment)
            for each micro-batch:  loss_sum / global response tokens  -> backward
-           AdamAtan2 step, EMA update       (SPEC 5)
+           AdamAtan2 step, EMA update       (docs/ARCHITECTURE.md#optimiser-and-schedules)
 Gradients are normalised by the response-token count of the whole global batch and summed over
 ranks, so 1 process and N processes with the same global batch compute the same update.
 Checkpoints (DCP) every `ckpt_every` steps and at the end; SIGTERM/SIGINT save and exit 0.
