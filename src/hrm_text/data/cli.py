@@ -201,6 +201,44 @@ def sample_cmd(
     )
 
 
+@data_app.command("recipe")
+def recipe_cmd(
+    name: str = typer.Argument(..., help="Recipe name: `paper` (the reference run's sampling rules)."),
+    out: Path = typer.Option(..., "--out", help="Folder for rules.yaml and README.md."),
+    scale: float = typer.Option(1.0, help="Multiply every per-file cap (a small value tries the rules on a small copy)."),
+) -> None:
+    """Write a data recipe: the rules file for `data sample` and a README with sources, sizes and commands."""
+    from .paper import write_recipe
+
+    if name != "paper":
+        raise _fail(f"unknown recipe {name!r}; known: paper")
+    try:
+        paths = write_recipe(out, scale=scale)
+    except (ValueError, OSError) as e:
+        raise _fail(str(e))
+    typer.echo(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+@data_app.command("download")
+def download_cmd(
+    name: str = typer.Argument(..., help="Dataset: `paper` (sapientinc/HRM-Text-data-io-cleaned-20260515, ~326 GiB)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write data/ and data_clustered/ into."),
+    source: Optional[Path] = typer.Option(None, "--from", help="A local folder with the same layout (no network needed)."),
+    revision: str = typer.Option("f033bc0e1a81634385093afc60445a52a7ade64a", help="Dataset revision (commit or `main`)."),
+) -> None:
+    """Fetch the published cleaned data (Hugging Face, resumable) or link it from a local copy."""
+    from .paper import DownloadError, download_paper_data
+
+    if name != "paper":
+        raise _fail(f"unknown dataset {name!r}; known: paper")
+    try:
+        r = download_paper_data(out, source=source, revision=revision)
+    except (DownloadError, OSError) as e:
+        raise _fail(str(e))
+    typer.echo(f"{r['files']:,} files, {r['bytes'] / 2**30:.2f} GiB from {r['from']} -> {out}")
+    typer.echo(f"  next: hrm-text data tokenize {out}/data {out}/data_clustered --tokenizer TOK --out TOKENIZED")
+
+
 def register(app: typer.Typer) -> None:
     """Attach `data` to the root `hrm-text` command."""
     app.add_typer(data_app, name="data")
