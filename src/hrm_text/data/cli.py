@@ -239,6 +239,38 @@ def download_cmd(
     typer.echo(f"  next: hrm-text data tokenize {out}/data {out}/data_clustered --tokenizer TOK --out TOKENIZED")
 
 
+@data_app.command("convert")
+def convert_cmd(
+    source: str = typer.Argument(..., help="Raw source: flan, tasksource, synth, openthoughts2, acereason, openmathinstruct2, gsm8k, math, no_robots, ... (a wrong name lists all)."),
+    raw_path: Path = typer.Argument(..., help="The raw dataset: a file or a folder of its files (Parquet/JSONL/...)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write data/ and data_clustered/ into (the published layout)."),
+    batch_rows: int = typer.Option(1024, help="Parquet rows per read batch (memory is bounded by one batch)."),
+    limit: Optional[int] = typer.Option(None, help="Stop after this many raw rows (a quick look at a large source)."),
+) -> None:
+    """Convert one raw public source into condition/instruction/response JSONL, streaming, with counted drops."""
+    from .sources import ConvertError, convert, get_source
+    from .sources.base import raw_files
+
+    try:
+        src = get_source(source)
+        total = sum(f.stat().st_size for f, _ in raw_files(raw_path, src.suffixes))
+    except ConvertError as e:
+        raise _fail(str(e))
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"convert {source}")
+    try:
+        rep = convert(src, raw_path, out, batch_rows=batch_rows, progress=bar.update, limit=limit)
+    except (ConvertError, OSError) as e:
+        raise _fail(str(e))
+    finally:
+        bar.close()
+    typer.echo(rep.summary())
+    for reason, places in rep.examples.items():
+        typer.echo(f"  {reason}: e.g. {', '.join(places)}")
+    typer.echo(f"report: {out}/convert_reports/{source}.json")
+    if rep.rows_written == 0:
+        raise _fail(f"no rows written from {raw_path}: check the source name and the file's columns ({src.verified})", code=1)
+
+
 def register(app: typer.Typer) -> None:
     """Attach `data` to the root `hrm-text` command."""
     app.add_typer(data_app, name="data")
