@@ -40,6 +40,15 @@ EXPECTED = {
     "numinamath": (5, {"data/numinamath": 3}, {"synthetic": 1, "not_valid": 1, "link_or_translation": 1}),
     "dmmath": (5, {"data_clustered/dmmath/train-easy__algebra__linear_1d": 2, "data_clustered/dmmath/train-medium__arithmetic__add_or_sub": 1},
                {"excluded_subset": 1, "unpaired_line": 1}),
+    "amps_khan": (2, {"data/amps_khan": 1}, {"empty_response": 1}),
+    "ampsmathematica": (3, {"data_clustered/ampsmathematica/algebra_polynomial_w_steps": 1, "data_clustered/ampsmathematica/algebra_factor": 1},
+                        {"no_answer_tag": 1}),
+    "platypus_arb": (4, {"data/Platypus/arb_math": 2, "data/Platypus/arb_law": 1}, {"unknown_arb_file": 1}),
+    "platypus_openbookqa": (2, {"data/Platypus/openbookqa": 2}, {}),
+    "platypus_reclor": (3, {"data/Platypus/reclor": 2}, {"missing_field": 1}),
+    "platypus_scibench": (2, {"data/Platypus/scibench": 3}, {}),
+    "platypus_scienceqa": (2, {"data/Platypus/scienceqa": 3}, {}),
+    "platypus_theoremqa": (2, {"data/Platypus/theoremqa": 1}, {"has_picture": 1}),
     "sudoku_extreme": (3, {"data_clustered/sudoku_extreme/all": 2}, {"bad_grid": 1}),
 }
 
@@ -92,7 +101,12 @@ def test_mapping_details(tmp_path):
     assert _rows(tmp_path / "data_clustered/tasksource/WANLI.jsonl")[0]["response"] == "entailment"
     convert(get_source("sudoku_extreme"), FIX / "sudoku_extreme", tmp_path)
     s = _rows(tmp_path / "data_clustered/sudoku_extreme/all.jsonl")[0]
-    assert s["instruction"].startswith("Solve the Sudoku\n\n0000") and len(s["response"]) == 81
+    assert s["instruction"].startswith("Solve this sudoku (0 = empty):\n0000") and len(s["response"]) == 81
+    convert(get_source("platypus_scibench"), FIX / "platypus_scibench", tmp_path)
+    assert [r["response"] for r in _rows(tmp_path / "data/Platypus/scibench.jsonl")] == ["p = nRT/V = 1 atm", "1", "0.3 m"]
+    convert(get_source("ampsmathematica"), FIX / "ampsmathematica", tmp_path)
+    [a] = _rows(tmp_path / "data_clustered/ampsmathematica/algebra_polynomial_w_steps.jsonl")
+    assert a == {"condition": "noisy,cot", "instruction": "Expand (x+1)^2", "response": "x^2+2x+1"}
     convert(get_source("no_robots"), FIX / "no_robots", tmp_path)
     assert _rows(tmp_path / "data/no_robots.jsonl")[0]["instruction"] == "You are a poet.\n\nWrite a haiku about rain."
 

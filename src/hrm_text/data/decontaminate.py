@@ -152,7 +152,7 @@ def _filter_parquet(src: Path, dst: Path, index: EvalIndex, fields: tuple[str, .
     import pyarrow as pa  # lazy: the `data` extra
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(src)
+    pf = pq.ParquetFile(src, pre_buffer=False)  # bounded memory (see sources/base.py)
     n = 0
     with pq.ParquetWriter(dst, pf.schema_arrow) as w:
         for batch in pf.iter_batches(batch_size=batch_rows):

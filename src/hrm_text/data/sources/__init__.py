@@ -238,7 +238,88 @@ def _sudoku(row: Row, ctx: RowContext) -> Result:
     if len(f) < 3 or len(f[1]) != 81 or len(f[2]) != 81:
         yield Drop("bad_grid")
         return
-    yield Out("data_clustered/sudoku_extreme/all", "direct", "Solve the Sudoku\n\n" + f[1].replace(".", "0"), f[2])
+    yield Out("data_clustered/sudoku_extreme/all", "direct", "Solve this sudoku (0 = empty):\n" + f[1].replace(".", "0"), f[2])
+
+
+def _amps_khan(row: Row, ctx: RowContext) -> Result:
+    yield Out("data/amps_khan", "noisy,cot", text(row, "problem"), "\n".join(row["hints"]).strip())
+
+
+def _ampsmathematica(row: Row, ctx: RowContext) -> Result:
+    # unpacked amps/mathematica/<topic>/<task>/<n>.txt, one "Problem: ... Answer: ..." per file
+    parts = ctx.rel.parts
+    if len(parts) < 3:
+        yield Drop("not_topic_task_file")
+        return
+    topic, task = parts[-3], parts[-2]
+    body = text(row, "_text").removeprefix("Problem:")
+    if "Answer:" not in body:
+        yield Drop("no_answer_tag")
+        return
+    q, a = body.split("Answer:", 1)
+    cond = "noisy,cot" if task.endswith("w_steps") else "noisy,direct"
+    yield Out(f"data_clustered/ampsmathematica/{topic}_{task}", cond, q.strip(), a.strip())
+
+
+# ------------------------------------------------------------------------------ Platypus subsets
+
+# prompt wording here is ours (not the reference cleaners'), so converted Platypus/Sudoku rows are
+# not byte-identical to the published files; columns, filters and condition tags are the reference's
+_ARB = {"math": ("Math problem:", "cot"), "reading": ("Reading comprehension:", "cot"),
+        "law": ("Answer with the letter of the correct option.", "direct"), "science": ("Science problem:", "cot"),
+        "physics": ("Physics problem:", "cot")}
+
+
+def _letters(choices: list[str]) -> str:
+    return "\n".join(f"{chr(65 + i)}: {c}" for i, c in enumerate(choices))
+
+
+def _arb(row: Row, ctx: RowContext) -> Result:
+    kind = ctx.rel.stem  # math.json, law.json, ...
+    if kind not in _ARB:
+        yield Drop("unknown_arb_file")
+        return
+    desc, cond = _ARB[kind]
+    yield Out(f"data/Platypus/arb_{kind}", cond, f"{desc}\n\n{text(row, 'instruction')}", text(row, "response"))
+
+
+def _openbookqa(row: Row, ctx: RowContext) -> Result:
+    opts = _letters(list(row["choices"]["text"]))
+    inst = f"{text(row, 'question_stem')}\n{opts}\n\nKnown fact: {text(row, 'fact1')}\nWhich option is right?"
+    yield Out("data/Platypus/openbookqa", "direct", inst, text(row, "answerKey"))
+
+
+def _reclor(row: Row, ctx: RowContext) -> Result:
+    inst = f"{text(row, 'context')}\n\n{text(row, 'question')}\n{_letters(list(row['answers']))}"
+    yield Out("data/Platypus/reclor", "direct", inst, chr(65 + int(row["label"])))
+
+
+def _scibench(row: Row, ctx: RowContext) -> Result:
+    p = (row.get("problem_text") or "").strip()
+    sol = (row.get("solution") or "").strip()
+    latex, number = (row.get("answer_latex") or "").strip(), str(row.get("answer_number") or "").strip()
+    if latex == f"${number}$":
+        latex = number
+    if sol:
+        yield Out("data/Platypus/scibench", "cot", p, sol)
+    yield Out("data/Platypus/scibench", "direct", p, latex)
+
+
+def _scienceqa(row: Row, ctx: RowContext) -> Result:
+    q, lecture, sol = text(row, "question").strip(), (row.get("lecture") or "").strip(), (row.get("solution") or "").strip()
+    opts = "\n".join(f"{chr(65 + i)}: {c.strip()}" for i, c in enumerate(row["choices"]))
+    letter = chr(65 + int(row["answer"]))
+    inst = f"{q}\n{opts}" + (f"\n\nBackground: {lecture}" if lecture else "")
+    if sol:
+        yield Out("data/Platypus/scienceqa", "cot", inst, f"{sol}\n\nAnswer: {letter}")
+    yield Out("data/Platypus/scienceqa", "direct", inst, letter)
+
+
+def _theoremqa(row: Row, ctx: RowContext) -> Result:
+    if row.get("Picture") is not None:
+        yield Drop("has_picture")
+        return
+    yield Out("data/Platypus/theoremqa", "direct", text(row, "Question"), str(row["Answer"]))
 
 
 SOURCES: dict[str, Source] = {
@@ -264,6 +345,17 @@ SOURCES: dict[str, Source] = {
         Source("numinamath", "AI-MO/NuminaMath-1.5", _numinamath,
                ("problem", "solution", "answer", "synthetic", "problem_is_valid", "solution_is_valid", "question_type"), verified=_REF),
         Source("dmmath", "mathematics_dataset-v1.0.tar.gz, unpacked (train-*/<module>.txt)", _dmmath, None, suffixes=(".txt",), verified=_REF),
+        Source("amps_khan", "amps.tar.gz unpacked: amps/khan/**/*.json (problem, hints)", _amps_khan, None, suffixes=(".json",), verified=_REF),
+        Source("ampsmathematica", "amps.tar.gz unpacked: amps/mathematica/<topic>/<task>/*.txt", _ampsmathematica, None,
+               suffixes=(".txt",), whole_file=True, verified=_REF),
+        Source("platypus_arb", "imone/ARB (math/reading/law/science/physics.json)", _arb, None, suffixes=(".json",), verified=_REF),
+        Source("platypus_openbookqa", "openbookqa (additional; train+validation)", _openbookqa, ("question_stem", "choices", "answerKey", "fact1"),
+               verified=_REF),
+        Source("platypus_reclor", "metaeval/reclor (train+validation)", _reclor, ("context", "question", "answers", "label"), verified=_REF),
+        Source("platypus_scibench", "mandyyyyii/scibench dataset/original/*.json", _scibench, None, suffixes=(".json",), verified=_REF),
+        Source("platypus_scienceqa", "metaeval/ScienceQA_text_only (train+validation+test)", _scienceqa,
+               ("question", "choices", "lecture", "solution", "answer"), verified=_REF),
+        Source("platypus_theoremqa", "TIGER-Lab/TheoremQA (test)", _theoremqa, ("Question", "Answer", "Picture"), verified=_REF),
         Source("sudoku_extreme", "sapientinc/sudoku-extreme train.csv (source,question,answer,rating)", _sudoku, None, suffixes=(".csv",),
                verified=_REF),
     )

@@ -69,6 +69,7 @@ class Source:
     columns: tuple[str, ...] | None  # Parquet projection; None reads every column
     suffixes: tuple[str, ...] = (".parquet", ".jsonl", ".json")
     think: bool = False  # strip <think>...</think> from responses
+    whole_file: bool = False  # one small file = one row {"_text": content} (AMPS Mathematica)
     verified: str = ""  # where the column names come from (docs/DATA.md lists them)
 
 
@@ -104,14 +105,22 @@ class ConvertReport:
 # Reading
 
 
-def iter_raw_rows(path: Path, columns: Sequence[str] | None = None, batch_rows: int = 1024) -> Iterator[tuple[int, Any]]:
+def iter_raw_rows(path: Path, columns: Sequence[str] | None = None, batch_rows: int = 1024,
+                  whole_file: bool = False) -> Iterator[tuple[int, Any]]:
     """Yield (1-based row number, row) from a raw file; a row that cannot be decoded is yielded
     as a `Drop` so it is counted, never fatal. Parquet is read by batches of `batch_rows`."""
     suf = path.suffix
-    if suf == ".parquet":
+    if whole_file:
+        try:
+            yield 1, {"_text": path.read_text(encoding="utf-8")}
+        except UnicodeDecodeError:
+            yield 1, Drop("invalid_utf8")
+    elif suf == ".parquet":
         import pyarrow.parquet as pq  # lazy: pyarrow is the `data` extra
 
-        pf = pq.ParquetFile(path)
+        # pre_buffer=False: with it on, pyarrow keeps every pre-read column chunk until the file is done,
+        # so RSS grows with the file (measured: 608 vs 199 MiB on a 0.5 GB file)
+        pf = pq.ParquetFile(path, pre_buffer=False)
         cols = None
         if columns is not None:
             have = set(pf.schema_arrow.names)
@@ -317,7 +326,7 @@ def convert(
     try:
         for path, rel in files:
             ctx = RowContext(path, rel)
-            for line, row in iter_raw_rows(path, src.columns, batch_rows):
+            for line, row in iter_raw_rows(path, src.columns, batch_rows, src.whole_file):
                 if limit is not None and rep.rows_read >= limit:
                     break
                 rep.rows_read += 1
