@@ -1,4 +1,5 @@
-"""`hrm-text data ...`: builtin corpus, tokenizer training, tokenization, stratified sampling.
+"""`hrm-text data ...`: builtin corpus, tokenizer training, tokenization, stratified sampling, and the
+paper's data: recipe, download, raw-source converters, decontamination.
 
 Every user mistake (missing file, bad JSON line under --strict, bad rules file) ends in one red
 line naming the file (and line) and a non-zero exit code, never a traceback.
