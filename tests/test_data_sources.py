@@ -144,6 +144,9 @@ def test_cli(tmp_path):
     # right files, wrong source: every row lacks the columns -> counted, and a non-zero exit
     r = CliRunner().invoke(app, ["data", "convert", "webinstruct_verified", str(FIX / "math"), "--out", str(tmp_path / "w")])
     assert r.exit_code == 1 and "missing_field" in r.output and "no rows written" in r.output
+    # pointing RAW_PATH at one FLAN subset folder still finds the subset from the shard's folder
+    r = convert(get_source("flan"), FIX / "flan" / "cot_fsopt_data", tmp_path / "f")
+    assert r.outputs == {"data_clustered/flan/cot_fsopt_data__cot_gsm8k": 2}
     with pytest.raises(ConvertError):
         convert(get_source("dmmath"), FIX / "gsm8k", tmp_path)  # no .txt files there
 

@@ -37,7 +37,7 @@ _FLAN_COT = ("cot_fsopt_data", "cot_zsopt_data")
 
 
 def _flan(row: Row, ctx: RowContext) -> Result:
-    subset = ctx.rel.parts[-2] if len(ctx.rel.parts) >= 2 else ""
+    subset = ctx.path.parent.name  # the shard's folder, however deep RAW_PATH points
     if subset in _FLAN_COT:
         cond = "cot"
     elif subset in _FLAN_DIRECT:
@@ -226,11 +226,11 @@ def _numinamath(row: Row, ctx: RowContext) -> Result:
 
 
 def _dmmath(row: Row, ctx: RowContext) -> Result:
-    subset = ctx.rel.parts[-2] if len(ctx.rel.parts) >= 2 else ""
+    subset = ctx.path.parent.name
     if not subset.startswith("train-"):
         yield Drop("excluded_subset")  # interpolate/extrapolate are evaluation sets
         return
-    yield Out(f"data_clustered/dmmath/{safe_name(subset + '__' + ctx.rel.stem)}", "direct", text(row, "question"), text(row, "answer"))
+    yield Out(f"data_clustered/dmmath/{safe_name(subset + '__' + ctx.path.stem)}", "direct", text(row, "question"), text(row, "answer"))
 
 
 def _sudoku(row: Row, ctx: RowContext) -> Result:
@@ -247,7 +247,7 @@ def _amps_khan(row: Row, ctx: RowContext) -> Result:
 
 def _ampsmathematica(row: Row, ctx: RowContext) -> Result:
     # unpacked amps/mathematica/<topic>/<task>/<n>.txt, one "Problem: ... Answer: ..." per file
-    parts = ctx.rel.parts
+    parts = ctx.path.parts
     if len(parts) < 3:
         yield Drop("not_topic_task_file")
         return
