@@ -2,7 +2,7 @@
 
 Sub-command modules (imported only if present, so each area stays in its own room):
   hrm_text.model.cli   `model-info`
-  hrm_text.data.cli    `data builtin|tokenizer|tokenize|sample`
+  hrm_text.data.cli    `data builtin|tokenizer|tokenize|sample|recipe|download|convert|decontaminate`
   hrm_text.train.cli   `train`, `plan`, `quickstart`
   hrm_text.infer.cli   `generate`, `chat`, `serve`, `export-hf`, `import-hf`
   hrm_text.eval.cli    `eval`

@@ -1,4 +1,5 @@
-"""`hrm-text data ...`: builtin corpus, tokenizer training, tokenization, stratified sampling.
+"""`hrm-text data ...`: builtin corpus, tokenizer training, tokenization, stratified sampling, and the
+paper's data: recipe, download, raw-source converters, decontamination.
 
 Every user mistake (missing file, bad JSON line under --strict, bad rules file) ends in one red
 line naming the file (and line) and a non-zero exit code, never a traceback.
@@ -199,6 +200,158 @@ def sample_cmd(
         f"{meta['num_examples']:,} examples, {meta['unique_tokens']:,} unique tokens; "
         f"tokens per epoch: {', '.join(f'{t:,}' for t in meta['epoch_tokens'])} -> {out} (report: {out}/report.md)"
     )
+
+
+@data_app.command("recipe")
+def recipe_cmd(
+    name: str = typer.Argument(..., help="Recipe name: `paper` (the reference run's sampling rules)."),
+    out: Path = typer.Option(..., "--out", help="Folder for rules.yaml and README.md."),
+    scale: float = typer.Option(1.0, help="Multiply every per-file cap (a small value tries the rules on a small copy)."),
+) -> None:
+    """Write a data recipe: the rules file for `data sample` and a README with sources, sizes and commands."""
+    from .paper import write_recipe
+
+    if name != "paper":
+        raise _fail(f"unknown recipe {name!r}; known: paper")
+    try:
+        paths = write_recipe(out, scale=scale)
+    except (ValueError, OSError) as e:
+        raise _fail(str(e))
+    typer.echo(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+@data_app.command("download")
+def download_cmd(
+    name: str = typer.Argument(..., help="Dataset: `paper` (sapientinc/HRM-Text-data-io-cleaned-20260515, ~326 GiB)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write data/ and data_clustered/ into."),
+    source: Optional[Path] = typer.Option(None, "--from", help="A local folder with the same layout (no network needed)."),
+    revision: str = typer.Option("f033bc0e1a81634385093afc60445a52a7ade64a", help="Dataset revision (commit or `main`)."),
+) -> None:
+    """Fetch the published cleaned data (Hugging Face, resumable) or link it from a local copy."""
+    from .paper import DownloadError, download_paper_data
+
+    if name != "paper":
+        raise _fail(f"unknown dataset {name!r}; known: paper")
+    try:
+        r = download_paper_data(out, source=source, revision=revision)
+    except (DownloadError, OSError) as e:
+        raise _fail(str(e))
+    typer.echo(f"{r['files']:,} files, {r['bytes'] / 2**30:.2f} GiB from {r['from']} -> {out}")
+    typer.echo(f"  next: hrm-text data tokenize {out}/data {out}/data_clustered --tokenizer TOK --out TOKENIZED")
+
+
+@data_app.command("convert")
+def convert_cmd(
+    source: str = typer.Argument(..., help="Raw source: flan, tasksource, synth, openthoughts2, acereason, openmathinstruct2, gsm8k, math, no_robots, ... (a wrong name lists all)."),
+    raw_path: Path = typer.Argument(..., help="The raw dataset: a file or a folder of its files (Parquet/JSONL/...)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write data/ and data_clustered/ into (the published layout)."),
+    batch_rows: int = typer.Option(1024, help="Parquet rows per read batch (memory is bounded by one batch)."),
+    limit: Optional[int] = typer.Option(None, help="Stop after this many raw rows (a quick look at a large source)."),
+) -> None:
+    """Convert one raw public source into condition/instruction/response JSONL, streaming, with counted drops."""
+    from .sources import ConvertError, convert, get_source
+    from .sources.base import raw_files
+
+    try:
+        src = get_source(source)
+        total = sum(f.stat().st_size for f, _ in raw_files(raw_path, src.suffixes))
+    except ConvertError as e:
+        raise _fail(str(e))
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"convert {source}")
+    try:
+        rep = convert(src, raw_path, out, batch_rows=batch_rows, progress=bar.update, limit=limit)
+    except (ConvertError, OSError) as e:
+        raise _fail(str(e))
+    finally:
+        bar.close()
+    typer.echo(rep.summary())
+    for reason, places in rep.examples.items():
+        typer.echo(f"  {reason}: e.g. {', '.join(places)}")
+    typer.echo(f"report: {out}/convert_reports/{source}.json")
+    if rep.rows_written == 0:
+        raise _fail(f"no rows written from {raw_path}: check the source name and the file's columns ({src.verified})", code=1)
+
+
+def _eval_texts(against: str, data_dir: Optional[Path], builtin: Optional[Path], benchmarks: Optional[str],
+                hub: bool, skip_missing: bool) -> tuple[list[tuple[str, str]], list[str]]:
+    """(label, text) pairs of the evaluation side and the names of the sets left out."""
+    from .decontaminate import strings_in
+    from .records import read_records
+
+    pairs: list[tuple[str, str]] = []
+    missing: list[str] = []
+    if against == "paper":
+        # commands floor: the CLI may reach up to eval; the decontamination module itself does not
+        from hrm_text.eval.runner import BENCHMARKS, PAPER_BENCHMARKS, MissingBenchmarkData, canonical_benchmark, load_benchmark_rows
+
+        names = [canonical_benchmark(b) for b in benchmarks.split(",")] if benchmarks else list(PAPER_BENCHMARKS)
+        for name in names:
+            try:
+                rows = load_benchmark_rows(name, BENCHMARKS[name].eval_split, data_dir, source="hub" if hub else "local")
+            except MissingBenchmarkData as e:
+                if not skip_missing:
+                    raise _fail(f"{e}\n(pass --skip-missing to decontaminate against the benchmarks that are present)")
+                missing.append(name)
+                continue
+            pairs += [(name, t) for r in rows for t in strings_in(r)]
+    if builtin is not None:
+        from .builtin import builtin_heldout_files
+
+        files = builtin_heldout_files(builtin)
+        if not files:
+            raise _fail(f"no built-in held-out files under {builtin} (write them with `hrm-text data builtin`)")
+        for name, path in files.items():
+            for r in read_records(path):
+                pairs += [(f"builtin/{name}", r.instruction), (f"builtin/{name}", r.response)]
+    elif against == "builtin":
+        raise _fail("--against builtin needs --builtin CORPUS_DIR (the folder written by `hrm-text data builtin`)")
+    return pairs, missing
+
+
+@data_app.command("decontaminate")
+def decontaminate_cmd(
+    src: Path = typer.Argument(..., help="Folder of record files (e.g. the downloaded or converted data/ + data_clustered/)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the decontaminated copy (same layout) and decontamination.md/.json."),
+    against: str = typer.Option("paper", help="paper: the paper suite's eval splits (+ built-in held-out with --builtin); builtin: only those."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Benchmark files (as for `hrm-text eval`; default $EVAL_DATA_DIR)."),
+    builtin: Optional[Path] = typer.Option(None, "--builtin", help="A `hrm-text data builtin` folder: its held-out sets are added."),
+    benchmarks: Optional[str] = typer.Option(None, help="Comma-separated subset of the paper's benchmarks."),
+    n: int = typer.Option(13, help="Overlap length in words."),
+    min_words: int = typer.Option(8, help="Evaluation texts shorter than n words but at least this long are matched whole."),
+    hub: bool = typer.Option(False, "--hub", help="Load benchmarks from the Hugging Face Hub (network) instead of --data-dir."),
+    skip_missing: bool = typer.Option(False, "--skip-missing", help="Go on without benchmarks whose files are absent (listed in the output)."),
+) -> None:
+    """Drop training rows sharing an n-gram (13 words) with an evaluation item; writes a per-source report."""
+    from .decontaminate import decontaminate_dir, index_from_pairs
+
+    if against not in ("paper", "builtin"):
+        raise _fail(f"unknown --against {against!r}; choose paper or builtin")
+    if not src.is_dir():
+        raise _fail(f"{src} is not a folder")
+    if data_dir is None and os.environ.get("EVAL_DATA_DIR"):
+        data_dir = Path(os.environ["EVAL_DATA_DIR"])
+    try:
+        pairs, missing = _eval_texts(against, data_dir, builtin, benchmarks, hub, skip_missing)
+        index = index_from_pairs(pairs, n=n, min_words=min_words)
+    except ValueError as e:
+        raise _fail(str(e))
+    if missing:
+        typer.secho(f"warning: left out (no files): {', '.join(missing)}", fg=typer.colors.YELLOW, err=True)
+    if against == "paper" and builtin is None:
+        typer.secho("note: built-in held-out sets not included (pass --builtin CORPUS_DIR to add them)", fg=typer.colors.YELLOW, err=True)
+    if len(index) == 0:
+        raise _fail("no evaluation text to decontaminate against")
+    from .records import iter_source_files
+
+    bar = tqdm(total=sum(f.stat().st_size for f in iter_source_files([src])), unit="B", unit_scale=True, desc="decontaminate")
+    try:
+        rep = decontaminate_dir(src, out, index, progress=bar.update)
+    except (ValueError, OSError) as e:
+        raise _fail(str(e))
+    finally:
+        bar.close()
+    typer.echo(f"{rep['removed']:,} of {rep['rows']:,} rows removed ({len(index):,} evaluation n-grams) -> {out} "
+               f"(report: {out}/decontamination.md)")
 
 
 def register(app: typer.Typer) -> None:

@@ -197,7 +197,7 @@ def _iter_jsonl_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
 def _iter_parquet_rows(path: Path, batch_size: int = 8192) -> Iterator[tuple[int, Any, str | None]]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffered chunks stay in memory until the end of the file
     n = 0
     for batch in pf.iter_batches(batch_size=batch_size):
         for row in batch.to_pylist():

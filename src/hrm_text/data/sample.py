@@ -38,6 +38,7 @@ import numpy as np
 import yaml
 
 from .loader import SAMPLED_FORMAT_VERSION, _mix_seed
+from .paper import mixture_lines
 from .tokenize import NpyAppender, TokenizedEntry, load_manifest, smallest_uint
 
 SMALL_SET_ROWS = 50_000
@@ -268,6 +269,7 @@ def sample_corpus(
                 "coverage": (len(union) / N) if N else 0.0,
                 "tokens_per_epoch": ep_tokens,
                 "unique_tokens": int(new_len.sum()),
+                "eligible_tokens": int(np.minimum(il[elig] + rl[elig], L).sum()),
             }
         )
         n_examples += len(union)
@@ -334,4 +336,4 @@ def render_report(meta: dict[str, Any]) -> str:
             f"{s['dropped_short_response']:,} | {s['dropped_long']:,} | {s['truncated']:,} | {cap} | {s['repeat']} | "
             f"{s['rows_per_epoch']:,} | {s['tokens_per_epoch'][0]:,} | {s['unique_rows']:,} | {100 * s['coverage']:.1f}% |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + mixture_lines(meta)) + "\n"
