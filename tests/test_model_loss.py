@@ -61,3 +61,38 @@ def test_fused_loss_with_no_labels_is_zero_and_differentiable() -> None:
     out.loss_sum.backward()
     assert out.loss_sum.item() == 0.0 and int(out.num_tokens) == 0
     assert torch.all(h.grad == 0)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "S"])
+def test_training_step_with_and_without_speed_options_agree(preset: str) -> None:
+    """The fused loss against head + F.cross_entropy over all positions, and per-call recompute
+    against none: same loss and gradients on the tiny and S presets (CPU, float32)."""
+    from hrm_text.config import model_config
+    from hrm_text.data.batch import pack_rows
+    from hrm_text.model.lm import HRMTextLM
+
+    cfg = model_config(preset, vocab_size=512, n_layers=4, max_seq_len=256)
+    torch.manual_seed(0)
+    model = HRMTextLM(cfg)
+    g = torch.Generator().manual_seed(3)
+    rows = [[(torch.randint(8, 512, (n,), generator=g).tolist(), torch.randint(8, 512, (m,), generator=g).tolist())
+             for n, m in ((9, 5), (4, 1), (20, 12))]]
+    batch = pack_rows(rows, 64)
+
+    def grads(fn) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = fn()
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in model.parameters()]
+
+    def plain() -> torch.Tensor:
+        mask = model.build_mask(batch.doc_ids, batch.is_prefix)
+        logits = model(batch.input_ids, batch.position_ids, mask, 5).float()
+        return F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+
+    ref_loss, ref = grads(plain)
+    for kwargs in ({}, {"remat_calls": 2}):
+        loss, got = grads(lambda: model.loss(batch.with_loss_index(), bp_steps=5, **kwargs).loss_sum)
+        assert loss == pytest.approx(ref_loss, rel=1e-5)
+        for a, b in zip(got, ref):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

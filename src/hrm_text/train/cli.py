@@ -53,12 +53,13 @@ def plan_cmd(
     price: float = typer.Option(2.0, help="Price per GPU-hour in dollars."),
     gpu: str = typer.Option("H100", help="GPU kind: H100, H200, A100, B200."),
     tokens_per_rank: Optional[int] = typer.Option(None, help="Packed tokens per GPU per micro-step (memory estimate)."),
+    fp8: bool = typer.Option(False, "--fp8", help="Use the float8 training throughput (train.fp8) where measured."),
 ) -> None:
     """Predict FLOPs, hours, dollars and per-GPU memory of a pretraining run."""
     from hrm_text.train.plan import plan
 
     try:
-        res = plan(preset, tokens, gpus, price, gpu=gpu, tokens_per_rank=tokens_per_rank)
+        res = plan(preset, tokens, gpus, price, gpu=gpu, tokens_per_rank=tokens_per_rank, fp8=fp8)
     except (ConfigError, ValueError, KeyError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)

@@ -1,13 +1,11 @@
 """`hrm-text plan`: what a pretraining run will cost before it starts (FLOPs, hours, dollars, memory).
 
 FLOPs come from the paper's accounting (`hrm_text.model.flops.run_flops`, following the K warm-up).
-Hours come from a *throughput table* of tokens/s per GPU, one entry per (preset, GPU), each with the
-source of its number. Entries are filled from benchmark runs as they are made; until then:
-
-- XL on H100 is the paper-derived figure (docs/ARCHITECTURE.md#paper-results-and-cost):
-  60e9 tokens / (46 h x 16 GPUs) = 22.6k tokens/s/GPU
-  ("paper-derived", about 38% MFU against 989 TFLOP/s dense bf16).
-- every other (preset, GPU) pair is *estimated* at that same 38% MFU of the GPU's datasheet peak:
+Hours come from a *throughput table* of measured tokens/s per GPU, one entry per (preset, GPU) and
+precision (bf16, FP8), each with the source of its number (benchmarks/train_throughput.py runs).
+The paper-derived XL/H100 figure, 60e9 tokens / (46 h x 16 GPUs) = 22.6k tokens/s/GPU (about 38%
+MFU against 989 TFLOP/s dense bf16), is kept as `PAPER_DERIVED` for comparison.
+- every (preset, GPU) pair without a measurement is *estimated* at that 38% MFU of the datasheet peak:
   tokens/s/GPU = 0.38 x peak / (model FLOPs per token). Small presets will in practice reach a
   lower MFU (less work per kernel), so treat those estimates as optimistic.
 
@@ -45,19 +43,41 @@ class Throughput:
     source: str
 
 
-# Measured or published throughput, tokens/s per GPU, by (preset, gpu). Add benchmark results here
-# with a source string saying which script, machine and date produced them.
+# Measured throughput, tokens/s per GPU, by (preset, gpu), one table per precision. Each source
+# says which script, machine and date produced it (docs/PERFORMANCE.md has the full runs).
 THROUGHPUT_TABLE: dict[tuple[str, str], Throughput] = {
+    ("XL", "H200"): Throughput(
+        21128.2,
+        "measured: benchmarks/train_throughput.py, 1 H200, K=5, 12,288-token rows, bf16, 2026-12-02",
+    ),
     ("XL", "H100"): Throughput(
-        60e9 / (46 * 3600 * 16),
-        "paper-derived: 60B tokens in 46 h on 16 H100 (SPEC section 1), about 38% MFU",
+        18200.0,
+        "measured: benchmarks/bench_train_step.py, 1 H100, K=5, 8,192-token rows, bf16, 2026-11 (the previous release of the step)",
     ),
 }
+FP8_THROUGHPUT_TABLE: dict[tuple[str, str], Throughput] = {
+    ("XL", "H200"): Throughput(
+        20591.2,
+        "measured: benchmarks/train_throughput.py, 1 H200, K=5, 12,288-token rows, train.fp8 (torchao rowwise), 2026-12-02",
+    ),
+}
+PAPER_DERIVED = Throughput(
+    60e9 / (46 * 3600 * 16),
+    "paper-derived: 60B tokens in 46 h on 16 H100 (docs/ARCHITECTURE.md#paper-results-and-cost), about 38% MFU",
+)
 
 
-def throughput_for(preset: str, gpu: str, model_cfg: ModelConfig | None = None) -> Throughput:
-    """The table entry if there is one, else an estimate at `ESTIMATE_MFU` of the datasheet peak."""
+def throughput_for(preset: str, gpu: str, model_cfg: ModelConfig | None = None, fp8: bool = False) -> Throughput:
+    """The measured entry if there is one (FP8 table with `fp8`), else an estimate at `ESTIMATE_MFU`
+    of the datasheet peak (for FP8 without a measurement: the bf16 figure, since float8 has not
+    measured faster here)."""
     gpu = _check_gpu(gpu)
+    if fp8:
+        hit = FP8_THROUGHPUT_TABLE.get((preset, gpu))
+        if hit is not None:
+            return hit
+        bf = throughput_for(preset, gpu, model_cfg)
+        return Throughput(bf.tokens_per_s_per_gpu, f"no FP8 measurement for {preset} on {gpu}; the bf16 figure: {bf.source}")
     hit = THROUGHPUT_TABLE.get((preset, gpu))
     if hit is not None:
         return hit
@@ -179,6 +199,7 @@ def plan(
     global_batch_tokens: int | None = None,
     tokens_per_rank: int | None = None,
     model_cfg: ModelConfig | None = None,
+    fp8: bool = False,
 ) -> PlanResult:
     """Predict FLOPs, wall hours, dollars and per-rank memory of a pretraining run.
 
@@ -199,7 +220,7 @@ def plan(
     params = count_params(cfg)
     total_flops = run_flops(cfg, tokens)
     per_token = total_flops / tokens
-    tp = throughput_for(preset, gpu, cfg)
+    tp = throughput_for(preset, gpu, cfg, fp8=fp8)
     hours = tokens / (tp.tokens_per_s_per_gpu * gpus) / 3600.0
     gpu_hours = hours * gpus
     gbt = int(global_batch_tokens or TrainConfig().global_batch_tokens)
@@ -211,7 +232,7 @@ def plan(
     notes = []
     if not mem.fits:
         notes.append("estimated memory exceeds the device: lower data.tokens_per_rank (more accumulation) or use more GPUs")
-    if (preset, gpu) not in THROUGHPUT_TABLE:
+    if (preset, gpu) not in (FP8_THROUGHPUT_TABLE if fp8 else THROUGHPUT_TABLE):
         notes.append("throughput is an estimate, not a measurement: run benchmarks/ and add the result to THROUGHPUT_TABLE")
     return PlanResult(
         preset=preset, gpu=gpu, gpus=gpus, tokens=float(tokens), price_per_gpu_hour=float(price),
