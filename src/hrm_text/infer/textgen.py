@@ -9,9 +9,10 @@ from hrm_text.infer.engine import Engine, Request, SamplingParams
 from hrm_text.model.lm import HRMTextLM
 
 
-def make_engine(model: HRMTextLM, tok: TextTokenizer, max_batch: int = 32, max_len: int | None = None) -> Engine:
+def make_engine(model: HRMTextLM, tok: TextTokenizer, max_batch: int = 32, max_len: int | None = None,
+                prefix_lm: bool = True) -> Engine:
     return Engine(model, eoa_id=tok.eoa_id, max_batch=max_batch, max_len=max_len,
-                  decode_text=lambda ids: tok.decode(ids, skip_special_tokens=True))
+                  decode_text=lambda ids: tok.decode(ids, skip_special_tokens=True), prefix_lm=prefix_lm)
 
 
 def text_generate_fn(
