@@ -89,7 +89,7 @@ def _heldout_rows(cfg: Config) -> list:
 
 
 def exact_match(model: HRMTextLM, tok: Any, items: list, max_new_tokens: int = 32, prefix_lm: bool = True,
-                max_batch: int = 64) -> Any:
+                max_batch: int = 64, **engine_options: Any) -> Any:
     """Greedy exact-match of held-out items (built-in suite) with an engine sized to the prompts;
     `prefix_lm=False` reads prompts causally (a model trained with a causal objective)."""
     from hrm_text.eval.suites import run_suite
@@ -97,7 +97,8 @@ def exact_match(model: HRMTextLM, tok: Any, items: list, max_new_tokens: int = 3
 
     longest = max(len(tok.encode_prompt(it.instruction, it.condition)) for it in items)
     engine = make_engine(model, tok, max_batch=min(max_batch, len(items)),
-                         max_len=min(model.cfg.max_seq_len, longest + max_new_tokens + 2), prefix_lm=prefix_lm)
+                         max_len=min(model.cfg.max_seq_len, longest + max_new_tokens + 2), prefix_lm=prefix_lm,
+                         **engine_options)
     with torch.no_grad():
         return run_suite(items, text_generate_fn(engine, tok, max_new_tokens), batch_size=256)
 
