@@ -131,7 +131,8 @@ def test_time_limit_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     plan = json.loads((out / "plan.json").read_text())["runs"]
     assert [r["arch"] for r in plan] == ["hrm", "transformer"] and not (out / "runs").exists()
-    # ~2 s: the limit falls inside the HRM run (about 5 s of training here)
+    # ~2 s: the limit falls inside the HRM run (about 5 s of training here; under heavy load it may
+    # fall before the first step, which still leaves a step-0 checkpoint to resume from)
     res = run.invoke(app, ["study", str(grid), "--out", str(out), "--only", "hrm", "--time-limit", "0.035"])
     assert res.exit_code == EXIT_INCOMPLETE, res.output
     data = json.loads((out / "results.json").read_text())
@@ -141,7 +142,7 @@ def test_time_limit_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
     ckpts = sorted(run_dir.glob("step_*"))
     assert ckpts, "the interrupted run saved no checkpoint"
     interrupted_at = int(ckpts[-1].name.split("_")[1])
-    assert 0 < interrupted_at < plan[0]["steps"]
+    assert 0 <= interrupted_at < plan[0]["steps"]
     res = run.invoke(app, ["study", str(grid), "--out", str(out), "--only", "hrm"])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())

@@ -79,7 +79,7 @@ SIZES: dict[str, BuiltinSize] = {
     # the HRM-vs-Transformer study (docs/STUDIES.md): enough distinct rows for ~10-40M training
     # tokens, small enough (< 64 MiB sampled) to carry to a GPU machine; padded arithmetic so a
     # 20-60M model learns it within the budget
-    "study": BuiltinSize(1_000_000, 1_000, 1_000, (1, 4), (5, 6), 400, 20, 3_000, 200, arith_pad=True,
+    "study": BuiltinSize(400_000, 1_000, 1_000, (1, 4), (5, 6), 400, 20, 3_000, 200, arith_pad=True,
                          nl_train=40_000, nl_test=1_000),
     "small": BuiltinSize(1_000_000, 2_000, 2_000, (1, 5), (6, 8), 2_000, 200, 5_000, 500, nl_train=50_000, nl_test=1_000),
     "medium": BuiltinSize(5_000_000, 5_000, 5_000, (1, 8), (9, 12), 20_000, 1_000, 50_000, 1_000, nl_train=10**7, nl_test=2_000),
