@@ -448,10 +448,12 @@ def run_study(grid_path: str | Path, out: str | Path, device: str | None = None,
             tps_cache[key] = real_tokens_per_step(cfg)
         steps, fpt = plan_steps(cfg, spec.budget, tps_cache[key])
         cfg.train.max_steps = steps
-        if cfg.train.ckpt_every == 1000:  # the default: scale to the run so an interruption loses little
-            # a multiple of log_every, so metrics.jsonl intervals stay whole across a resume
+        if cfg.train.ckpt_every == 1000:  # the trainer's default: one checkpoint mid-run (a time-limit
+            # stop saves one anyway), at a multiple of log_every so metrics.jsonl intervals stay whole
             every = max(1, cfg.train.log_every)
-            cfg.train.ckpt_every = max(every, (steps // 8) // every * every)
+            cfg.train.ckpt_every = max(every, (steps // 2) // every * every)
+        if cfg.train.ckpt_keep == 3:  # the trainer's default: 20 runs x 3 full checkpoints is a lot of disk
+            cfg.train.ckpt_keep = 1
         planned.append((spec, cfg, steps, fpt))
     _write_plan(out, grid, planned, tps_cache, command)
     if prepare_only:
