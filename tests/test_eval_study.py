@@ -95,6 +95,13 @@ def test_smoke_grid_writes_table_and_plots_with_matched_flops(tmp_path: Path) ->
     res2 = CliRunner().invoke(app, ["study", str(grid), "--out", str(out)])
     assert res2.exit_code == 0, res2.output
     assert (out / "runs" / data["runs"][0]["run_id"] / "study_result.json").stat().st_mtime == mtime
+    # --report-only rebuilds the table and plots from the runs' study_result.json alone
+    for f in ("results.md", "loss_curves.png", "bars.png"):
+        (out / f).unlink()
+    res3 = CliRunner().invoke(app, ["study", str(grid), "--out", str(out), "--report-only"])
+    assert res3.exit_code == 0, res3.output
+    assert all((out / f).is_file() for f in ("results.md", "loss_curves.png", "bars.png"))
+    assert (out / "results.md").read_text().count("| HRM |") == 3  # compute, loss and exact-match tables
     # each run is a normal checkpoint: `hrm-text eval` takes it
     ev = CliRunner().invoke(app, ["eval", data["runs"][0]["checkpoint"], "--suite", "builtin", "--corpus",
                                   str(tmp_path / "corpus"), "--out", str(tmp_path / "ev"), "--limit", "4"])

@@ -252,6 +252,10 @@ def study_cmd(
                                                "(checkpoint, exit code 75); rerun the same command to resume."),
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated run names to run (others are skipped)."),
     prepare_only: bool = typer.Option(False, "--prepare-only", help="Build the shared data and plan.json, train nothing."),
+    scale_budgets: Optional[float] = typer.Option(None, "--scale-budgets", help="Multiply every FLOPs budget of the grid "
+                                                  "(e.g. the scale benchmarks/study_steptime.py suggests)."),
+    report_only: bool = typer.Option(False, "--report-only", help="Only rewrite results.json/md and the plots from "
+                                     "the finished runs (e.g. after copying them from a GPU machine)."),
 ) -> None:
     """Train a grid of models at matched training FLOPs on one data order, evaluate each on the
     held-out splits, and write a results table with loss curves and a bar chart. Finished runs are
@@ -261,16 +265,19 @@ def study_cmd(
     from hrm_text.eval.study import EXIT_INCOMPLETE, run_study
 
     command = f"hrm-text study {grid} --out {out}" + (f" --time-limit {time_limit:g}" if time_limit else "") + (
-        f" --only {only}" if only else "")
+        f" --only {only}" if only else "") + (f" --scale-budgets {scale_budgets:g}" if scale_budgets else "")
     try:
         code = run_study(grid, out, time_limit_s=time_limit * 60 if time_limit else None,
                          only=[x.strip() for x in only.split(",") if x.strip()] if only else None,
-                         prepare_only=prepare_only, command=command)
+                         prepare_only=prepare_only, command=command, budget_scale=scale_budgets,
+                         report_only=report_only)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
     if code == EXIT_INCOMPLETE:
         typer.secho(f"stopped at the time limit; rerun the same command to resume: {command}", fg=typer.colors.YELLOW)
+    elif report_only:
+        typer.echo(f"report: {out / 'results.md'}")
     elif not prepare_only:
         typer.echo(f"done: {out / 'results.md'}, {out / 'loss_curves.png'}, {out / 'bars.png'}")
     else:

@@ -423,16 +423,44 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
+def scale_budgets(grid: Grid, factor: float) -> None:
+    """Multiply every budget (e.g. by benchmarks/study_steptime.py's suggested scale)."""
+    if not factor > 0:
+        raise ConfigError(f"--scale-budgets must be > 0 (got {factor})")
+    grid.budgets = [b * factor for b in grid.budgets]
+    for s in grid.runs:
+        s.budget *= factor
+
+
+def _predicted_s(spec: RunSpec, done: list[dict[str, Any]]) -> float | None:
+    """Seconds a run should take, from the model-FLOPs rate and eval time of runs finished in this
+    call (the same architecture if one finished, else all); None before any run finished."""
+    same = [r for r in done if r["name"] == spec.name] or done
+    rate = sum(r["flops"] for r in same) / max(1e-9, sum(r["train_wall_s"] for r in same))
+    return spec.budget / rate + statistics.fmean(r["eval_wall_s"] for r in same) + 5.0 if same else None
+
+
 def run_study(grid_path: str | Path, out: str | Path, device: str | None = None, time_limit_s: float | None = None,
-              only: list[str] | None = None, prepare_only: bool = False, command: str = "") -> int:
-    """Run (or resume) the grid; returns 0 when every run is done, EXIT_INCOMPLETE at the time limit."""
+              only: list[str] | None = None, prepare_only: bool = False, command: str = "",
+              budget_scale: float | None = None, report_only: bool = False) -> int:
+    """Run (or resume) the grid; returns 0 when every run is done, EXIT_INCOMPLETE at the time limit.
+
+    With a time limit, a run predicted (from the runs finished in this call) not to fit the time
+    left is not started: a partial run's checkpoint is only useful if the next call finds it."""
     from hrm_text.train.checkpoint import find_latest
     from hrm_text.train.trainer import train
 
     t0 = time.perf_counter()
     grid = load_grid(grid_path)
+    if budget_scale is not None:
+        scale_budgets(grid, budget_scale)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if report_only:  # tables and plots from the finished runs' study_result.json (no data, no GPU)
+        specs = [s for s in grid.runs if not only or s.name in only]
+        done = [d for d in (_finished(out / "runs" / s.run_id) for s in specs) if d is not None]
+        write_report(out, grid, done, [(s,) for s in specs], command, complete=len(done) == len(specs))
+        return 0 if len(done) == len(specs) else EXIT_INCOMPLETE
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     data = prepare_data(grid, out)
     specs = [s for s in grid.runs if not only or s.name in only]
@@ -459,6 +487,7 @@ def run_study(grid_path: str | Path, out: str | Path, device: str | None = None,
     if prepare_only:
         return 0
     results: list[dict[str, Any]] = []
+    done_here: list[dict[str, Any]] = []  # finished in this call: their speed predicts the next
     incomplete = False
     with _Deadline(time_limit_s - (time.perf_counter() - t0) if time_limit_s else None) as deadline:
         for i, (spec, cfg, steps, fpt) in enumerate(planned):
@@ -468,6 +497,12 @@ def run_study(grid_path: str | Path, out: str | Path, device: str | None = None,
                 results.append(done)
                 continue
             if deadline.expired:
+                incomplete = True
+                break
+            pred = _predicted_s(spec, done_here)
+            if time_limit_s and pred is not None and time.perf_counter() - t0 + pred > time_limit_s:
+                log.info("not starting %s: predicted %.0f s, %.0f s left", spec.run_id, pred,
+                         time_limit_s - (time.perf_counter() - t0))
                 incomplete = True
                 break
             log.info("run %d/%d %s: %d steps (%.3g FLOPs/token, budget %.3g FLOPs)", i + 1, len(planned), spec.run_id,
@@ -507,6 +542,7 @@ def run_study(grid_path: str | Path, out: str | Path, device: str | None = None,
             }
             (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
             results.append(result)
+            done_here.append(result)
     write_report(out, grid, results, planned, command, complete=not incomplete)
     return EXIT_INCOMPLETE if incomplete else 0
 
@@ -592,7 +628,10 @@ def write_report(out: Path, grid: Grid, results: list[dict[str, Any]], planned: 
     L += ["```", ""]
     (out / "results.md").write_text("\n".join(L))
     if results:
-        plot_study(out, results, rows)
+        try:
+            plot_study(out, results, rows)
+        except RuntimeError as e:  # no matplotlib on this machine: the tables stand, plot elsewhere
+            log.warning("%s; render them later with --report-only", e)
 
 
 def plot_study(out: Path, results: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
