@@ -49,7 +49,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import yaml
@@ -677,7 +677,3 @@ def plot_study(out: Path, results: list[dict[str, Any]], rows: list[dict[str, An
     fig.savefig(out / "bars.png", dpi=120)
     plt.close(fig)
 
-
-def iter_run_ids(grid: Grid) -> Iterator[str]:
-    for s in grid.runs:
-        yield s.run_id
