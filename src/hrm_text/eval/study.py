@@ -305,8 +305,8 @@ def heldout_loss(model: Any, tok: Any, rows: list[dict[str, str]], objective: st
     total, count = 0.0, 0
     model.eval()
     with torch.no_grad():
-        for i in range(0, len(packed), 8):
-            b = apply_objective(pack_rows(packed[i : i + 8], row_len, pad_id=tok.pad_id), view).to(dev)
+        for row in packed:  # one row at a time: the training shape, so a compiled attention is reused
+            b = apply_objective(pack_rows([row], row_len, pad_id=tok.pad_id), view).to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 r = model.loss(b)
             total += float(r.loss_sum)
