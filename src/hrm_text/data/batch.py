@@ -16,8 +16,8 @@ For each position t:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -57,6 +57,33 @@ class PackedBatch:
     @property
     def num_tokens(self) -> int:
         return int((self.doc_ids >= 0).sum())
+
+
+# Training objectives (paper Table 3), applied to a batch after the loader and before the model:
+#   prefix_lm        the default: bidirectional prompt, loss on response tokens (SPEC section 3)
+#   causal_response  causal mask everywhere, loss on response tokens
+#   causal_full      causal mask everywhere, loss on every next token of the example (prompt too)
+Objective = Literal["prefix_lm", "causal_response", "causal_full"]
+OBJECTIVES: tuple[str, ...] = ("prefix_lm", "causal_response", "causal_full")
+
+
+def apply_objective(batch: PackedBatch, objective: str) -> PackedBatch:
+    """The batch as `objective` trains on it. Works at the batch level so the model code keeps
+    one mask builder and one loss: a causal mask is a PrefixLM mask with no prefix tokens, and the
+    full-text loss is the same cross-entropy with more labelled positions."""
+    if objective == "prefix_lm":
+        return batch
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    causal = replace(batch, is_prefix=torch.zeros_like(batch.is_prefix))
+    if objective == "causal_response":
+        return causal
+    # position t predicts token t+1 whenever t+1 belongs to the same example (never padding)
+    nxt_ids = batch.input_ids[:, 1:]
+    same = (batch.doc_ids[:, 1:] == batch.doc_ids[:, :-1]) & (batch.doc_ids[:, :-1] >= 0)
+    labels = torch.full_like(batch.labels, IGNORE_INDEX)
+    labels[:, :-1] = torch.where(same, nxt_ids, torch.full_like(nxt_ids, IGNORE_INDEX))
+    return replace(causal, labels=labels)
 
 
 Example = tuple[Sequence[int], Sequence[int]]  # (instruction part incl. boq/conds/eoq, response part incl. eoa)

@@ -33,6 +33,8 @@ Layout (see `builtin_heldout_files`):
     OUT/heldout/dm_math_interpolate.jsonl   all modules, with a "module" field
     OUT/heldout/dm_math_extrapolate.jsonl
     OUT/heldout/sudoku_hard.jsonl
+    OUT/train/nl_docs.jsonl, OUT/heldout/nl_docs_test.jsonl   optional part `nl_docs` (nl_docs.py):
+                                            docstring question/answer pairs, 5% of questions held out
     OUT/builtin.json                        size, seed, row counts, shims/skips
 """
 
@@ -66,15 +68,25 @@ class BuiltinSize:
     # zero-pad operands to the widest operand and the answer to one digit more (`045+123=` -> `0168`):
     # every digit then sits at a fixed offset, which a small model learns from far fewer examples
     arith_pad: bool = False
+    # optional part `nl_docs` (natural language, see nl_docs.py): at most this many pairs per side
+    nl_train: int = 5_000
+    nl_test: int = 500
 
 
 SIZES: dict[str, BuiltinSize] = {
     # a few MB, < 30 s on 2 cores; learnable by a ~1.5M-parameter model in minutes
     "quickstart": BuiltinSize(100_000, 1_000, 1_000, (1, 3), (4, 5), 30, 6, 200, 50, arith_pad=True),
-    "small": BuiltinSize(1_000_000, 2_000, 2_000, (1, 5), (6, 8), 2_000, 200, 5_000, 500),
-    "medium": BuiltinSize(5_000_000, 5_000, 5_000, (1, 8), (9, 12), 20_000, 1_000, 50_000, 1_000),
-    "full": BuiltinSize(20_000_000, 10_000, 10_000, (1, 10), (11, 15), 200_000, 10_000, 1_000_000, 10_000),
+    # the HRM-vs-Transformer study (docs/STUDIES.md): enough distinct rows for ~10-40M training
+    # tokens, small enough (< 64 MiB sampled) to carry to a GPU machine; padded arithmetic so a
+    # 20-60M model learns it within the budget
+    "study": BuiltinSize(400_000, 1_000, 1_000, (1, 4), (5, 6), 400, 20, 3_000, 200, arith_pad=True,
+                         nl_train=40_000, nl_test=1_000),
+    "small": BuiltinSize(1_000_000, 2_000, 2_000, (1, 5), (6, 8), 2_000, 200, 5_000, 500, nl_train=50_000, nl_test=1_000),
+    "medium": BuiltinSize(5_000_000, 5_000, 5_000, (1, 8), (9, 12), 20_000, 1_000, 50_000, 1_000, nl_train=10**7, nl_test=2_000),
+    "full": BuiltinSize(20_000_000, 10_000, 10_000, (1, 10), (11, 15), 200_000, 10_000, 1_000_000, 10_000, nl_train=10**7, nl_test=2_000),
 }
+PARTS = ("arith", "dm_math", "sudoku", "nl_docs")
+DEFAULT_PARTS = ("arith", "dm_math", "sudoku")  # nl_docs is opt-in: it reads every installed package (minutes)
 
 ARITH_HELDOUT_MODULO = 50  # crc32(problem) % 50 == 0 -> held-out partition (2%)
 CHUNK = 2_000  # rows per parallel task
@@ -340,7 +352,7 @@ def _dm_chunk_size(n: int) -> int:
 def builtin_heldout_files(corpus_dir: str | os.PathLike) -> dict[str, Path]:
     """Held-out evaluation files of a builtin corpus: name -> path (only those that exist)."""
     d = Path(corpus_dir) / "heldout"
-    names = ("arith_test", "arith_long", "dm_math_interpolate", "dm_math_extrapolate", "sudoku_hard")
+    names = ("arith_test", "arith_long", "dm_math_interpolate", "dm_math_extrapolate", "sudoku_hard", "nl_docs_test")
     return {n: d / f"{n}.jsonl" for n in names if (d / f"{n}.jsonl").is_file()}
 
 
@@ -349,19 +361,21 @@ def write_builtin_corpus(
     size: str = "quickstart",
     seed: int = 0,
     workers: int | None = None,
-    parts: Iterable[str] = ("arith", "dm_math", "sudoku"),
+    parts: Iterable[str] = DEFAULT_PARTS,
     progress: Callable[[str, int], None] | None = None,
+    nl_roots: list[Path] | None = None,
 ) -> dict[str, Any]:
     """Generate the builtin corpus into `out_dir`; returns the manifest written to builtin.json.
 
-    `progress(stage, rows)` is called as chunks complete (for a progress bar).
+    `progress(stage, rows)` is called as chunks complete (for a progress bar). `nl_roots`: the
+    folders the `nl_docs` part reads (default: the standard library and site-packages).
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     parts = tuple(parts)
     for p in parts:
-        if p not in ("arith", "dm_math", "sudoku"):
-            raise ValueError(f"unknown part {p!r}; parts: arith, dm_math, sudoku")
+        if p not in PARTS:
+            raise ValueError(f"unknown part {p!r}; parts: {', '.join(PARTS)}")
     S = SIZES[size]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -383,6 +397,10 @@ def write_builtin_corpus(
 
     try:
         _generate(out, S, seed, parts, manifest, run)
+        if "nl_docs" in parts:
+            t = time.time()
+            _generate_nl_docs(out, S, manifest, nl_roots)
+            timings["nl_docs"] = round(time.time() - t, 1)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -390,6 +408,17 @@ def write_builtin_corpus(
     manifest["seconds"] = round(time.time() - t0, 1)
     (out / "builtin.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _generate_nl_docs(out: Path, S: BuiltinSize, manifest: dict[str, Any], roots: list[Path] | None) -> None:
+    from .nl_docs import DocQAStats, collect_doc_qa, default_roots, doc_qa_split
+
+    stats = DocQAStats()
+    roots = [Path(r) for r in roots] if roots else default_roots()
+    train, test = doc_qa_split(collect_doc_qa(roots, stats=stats), S.nl_train, S.nl_test)
+    manifest["files"]["train/nl_docs.jsonl"] = _write_jsonl(out / "train/nl_docs.jsonl", train)
+    manifest["files"]["heldout/nl_docs_test.jsonl"] = _write_jsonl(out / "heldout/nl_docs_test.jsonl", test)
+    manifest["nl_docs"] = {**stats.as_dict(), "roots": [str(r) for r in roots]}
 
 
 def _generate(out: Path, S: BuiltinSize, seed: int, parts: tuple[str, ...], manifest: dict[str, Any], run: Callable) -> None:

@@ -30,12 +30,13 @@ def _fail(msg: str, code: int = 2) -> typer.Exit:
 @data_app.command("builtin")
 def builtin_cmd(
     out_dir: Path = typer.Argument(..., help="Folder to write train/ and heldout/ JSONL files into."),
-    size: str = typer.Option("quickstart", help="quickstart (~7 MB, <1 min on 2 cores), small, medium, full (tens of millions of rows)."),
+    size: str = typer.Option("quickstart", help="quickstart (~7 MB, <1 min on 2 cores), study (docs/STUDIES.md), small, medium, full (tens of millions of rows)."),
     seed: int = typer.Option(0, help="Generation seed; the same seed gives byte-identical files."),
     workers: int = typer.Option(0, help="Worker processes (0 = all cores, at most 16)."),
-    parts: str = typer.Option("arith,dm_math,sudoku", help="Comma-separated subset of arith, dm_math, sudoku."),
+    parts: str = typer.Option("arith,dm_math,sudoku", help="Comma-separated subset of arith, dm_math, sudoku, nl_docs (opt-in: question/answer pairs from the docstrings of the standard library and installed packages; a few minutes)."),
 ) -> None:
-    """Write the offline corpus: arithmetic, DeepMind mathematics and Sudoku, with held-out splits."""
+    """Write the offline corpus: arithmetic, DeepMind mathematics and Sudoku (and optionally
+    natural-language docstring Q/A), with held-out splits."""
     from .builtin import SIZES, write_builtin_corpus
 
     if size not in SIZES:
@@ -55,7 +56,7 @@ def builtin_cmd(
     total = sum(m["files"].values())
     typer.echo(f"wrote {total:,} rows in {len(m['files'])} files to {out_dir} in {m['seconds']} s")
     typer.echo(f"  train:    {out_dir}/train   (pass this folder to `hrm-text data tokenize`)")
-    typer.echo(f"  held-out: {out_dir}/heldout (arith_test, arith_long, dm_math_interpolate, dm_math_extrapolate, sudoku_hard)")
+    typer.echo(f"  held-out: {out_dir}/heldout ({', '.join(p.stem for p in sorted(Path(out_dir, 'heldout').glob('*.jsonl')))})")
     if m.get("dm_math_failed_modules"):
         typer.secho(f"  skipped DM modules: {', '.join(m['dm_math_failed_modules'])}", fg=typer.colors.YELLOW)
 

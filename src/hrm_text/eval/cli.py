@@ -245,7 +245,48 @@ def lm_eval_cmd(ctx: typer.Context) -> None:
     raise typer.Exit(run_lm_eval_cli(list(ctx.args)))
 
 
+def study_cmd(
+    grid: Path = typer.Argument(..., help="Grid YAML (see src/hrm_text/configs/study_*.yaml and docs/STUDIES.md)."),
+    out: Path = typer.Option(..., "--out", help="Study folder: data/, runs/<run>/, results.json/.md, loss_curves.png, bars.png."),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop cleanly after this many minutes "
+                                               "(checkpoint, exit code 75); rerun the same command to resume."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated run names to run (others are skipped)."),
+    prepare_only: bool = typer.Option(False, "--prepare-only", help="Build the shared data and plan.json, train nothing."),
+    scale_budgets: Optional[float] = typer.Option(None, "--scale-budgets", help="Multiply every FLOPs budget of the grid "
+                                                  "(e.g. the scale benchmarks/study_steptime.py suggests)."),
+    report_only: bool = typer.Option(False, "--report-only", help="Only rewrite results.json/md and the plots from "
+                                     "the finished runs (e.g. after copying them from a GPU machine)."),
+) -> None:
+    """Train a grid of models at matched training FLOPs on one data order, evaluate each on the
+    held-out splits, and write a results table with loss curves and a bar chart. Finished runs are
+    skipped and an interrupted run resumes from its checkpoint, so the same command continues a grid."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from hrm_text.config import ConfigError
+    from hrm_text.eval.study import EXIT_INCOMPLETE, run_study
+
+    command = f"hrm-text study {grid} --out {out}" + (f" --time-limit {time_limit:g}" if time_limit else "") + (
+        f" --only {only}" if only else "") + (f" --scale-budgets {scale_budgets:g}" if scale_budgets else "")
+    try:
+        code = run_study(grid, out, time_limit_s=time_limit * 60 if time_limit else None,
+                         only=[x.strip() for x in only.split(",") if x.strip()] if only else None,
+                         prepare_only=prepare_only, command=command, budget_scale=scale_budgets,
+                         report_only=report_only)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    if code == EXIT_INCOMPLETE:
+        typer.secho(f"stopped at the time limit; rerun the same command to resume: {command}", fg=typer.colors.YELLOW)
+    elif report_only:
+        typer.echo(f"report: {out / 'results.md'}")
+    elif not prepare_only:
+        typer.echo(f"done: {out / 'results.md'}, {out / 'loss_curves.png'}, {out / 'bars.png'}")
+    else:
+        typer.echo(f"data ready under {out / 'data'}; planned runs in {out / 'plan.json'}")
+    raise typer.Exit(code)
+
+
 def register(app: typer.Typer) -> None:
     app.command("eval")(eval_cmd)
+    app.command("study")(study_cmd)
     app.command("lm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                               "help_option_names": []})(lm_eval_cmd)

@@ -113,8 +113,12 @@ class Engine:
         compile: bool | None = None,
         fused_attention: bool | None = None,
         gemv_rows: int | None = None,
+        prefix_lm: bool = True,
     ):
         self.model = model.eval()
+        # False: the prompt is read causally too, for models trained without the PrefixLM mask
+        # (train.objective causal_*); decode is the same either way
+        self.prefix_lm = prefix_lm
         self.eoa_id = eoa_id
         self.max_batch = max_batch
         self.max_len = max_len or model.cfg.max_seq_len
@@ -168,7 +172,10 @@ class Engine:
         # bidirectional over each row's own prompt, and nothing else: attention runs over the T new
         # keys only (PromptWrites), whatever the cache length. Padded queries also see only the
         # prompt, and the garbage keys they write beyond it are masked until decode overwrites them.
-        dense = (self._key_idx[None, None, None, :T] < lens_d[:, None, None, None]).expand(n, 1, T, T)
+        keys = self._key_idx[None, None, None, :T]
+        dense = (keys < lens_d[:, None, None, None]).expand(n, 1, T, T)
+        if not self.prefix_lm:
+            dense = dense & (keys <= self._key_idx[None, None, :T, None])
         rows_t = torch.tensor(rows, device=self.device)
         h = self.model.hidden(ids, pos, AttnMask("sdpa", dense=dense), None, self.cache.prompt_writes(), pos, rows_t)
         last = h[torch.arange(n, device=self.device), lens_d - 1]

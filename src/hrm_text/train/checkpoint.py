@@ -291,6 +291,14 @@ def save_checkpoint(
     # An optimizer that has not stepped yet has no state; get_state_dict would create it by running a
     # zero-LR step on the live optimizer (advancing its step counters). Save it as "fresh" instead.
     optimizer_fresh = optimizer is not None and not optimizer.state
+    if optimizer is not None and not optimizer_fresh and hasattr(optimizer, "_init_state"):
+        # A parameter that has had no gradient yet has no state (HRM's embedding while K = 2
+        # records only the last H and L calls), but the load template holds every parameter, so
+        # such a checkpoint could not be resumed. Give it the state its first step would start
+        # from (step 0, zero moments): the same update follows, and the checkpoint loads.
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                optimizer._init_state(p)
     if optimizer is not None and not optimizer_fresh:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}

@@ -88,14 +88,17 @@ def _heldout_rows(cfg: Config) -> list:
     return rows
 
 
-def exact_match(model: HRMTextLM, tok: Any, items: list, max_new_tokens: int = 32) -> Any:
-    """Greedy exact-match of held-out items (built-in suite) with an engine sized to the prompts."""
+def exact_match(model: HRMTextLM, tok: Any, items: list, max_new_tokens: int = 32, prefix_lm: bool = True,
+                max_batch: int = 64, **engine_options: Any) -> Any:
+    """Greedy exact-match of held-out items (built-in suite) with an engine sized to the prompts;
+    `prefix_lm=False` reads prompts causally (a model trained with a causal objective)."""
     from hrm_text.eval.runner import run_suite
     from hrm_text.infer.textgen import make_engine, text_generate_fn
 
     longest = max(len(tok.encode_prompt(it.instruction, it.condition)) for it in items)
-    engine = make_engine(model, tok, max_batch=min(64, len(items)),
-                         max_len=min(model.cfg.max_seq_len, longest + max_new_tokens + 2))
+    engine = make_engine(model, tok, max_batch=min(max_batch, len(items)),
+                         max_len=min(model.cfg.max_seq_len, longest + max_new_tokens + 2), prefix_lm=prefix_lm,
+                         **engine_options)
     with torch.no_grad():
         return run_suite(items, text_generate_fn(engine, tok, max_new_tokens), batch_size=256)
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 
 from hrm_text.config import Config, ConfigError, config_from_dict
-from hrm_text.data.batch import PackedBatch
+from hrm_text.data.batch import PackedBatch, apply_objective
 from hrm_text.model.flops import count_params, train_flops_per_token
 from hrm_text.model.lm import HRMTextLM
 from hrm_text.train import checkpoint as ckpt
@@ -225,7 +225,7 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = lr
             try:
-                cpu_batches = [next(ld) for ld in loaders]
+                cpu_batches = [apply_objective(next(ld), t.objective) for ld in loaders]
             except StopIteration:
                 break
             # token counts from the host copies: no device sync in the step
