@@ -17,7 +17,7 @@ def model_info_cmd(
 ) -> None:
     """Print parameters (total, non-embedding), stack calls and training FLOPs per token for K=2..5."""
     from hrm_text.model.flops import count_params, forward_flops_per_token, run_flops, train_flops_per_token
-    from hrm_text.model.hrm import build_schedule
+    from hrm_text.model.schedule import build_schedule
 
     try:
         extra = {} if vocab_size is None else {"vocab_size": vocab_size}
@@ -28,7 +28,7 @@ def model_info_cmd(
     sched = build_schedule(cfg)
     typer.echo(f"{preset} ({arch}): {count_params(cfg)}")
     typer.echo(f"  hidden {cfg.hidden_size}, heads {cfg.num_heads} x {cfg.head_dim}, intermediate {cfg.intermediate_size}, "
-               f"stacks {dict(sched.stacks)}, {len(sched.calls)} stack calls per token: {' '.join(c.kind for c in sched.calls)}")
+               f"stacks {dict(sched.stacks)}, {len(sched.calls)} stack calls per token: {' '.join(c.kind.value for c in sched.calls)}")
     typer.echo(f"  forward FLOPs/token: {forward_flops_per_token(cfg):.3e}")
     for K in range(cfg.bp_min_steps, cfg.bp_max_steps + 1):
         typer.echo(f"  training FLOPs/token at K={K}: {train_flops_per_token(cfg, K):.3e}")

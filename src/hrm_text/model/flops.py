@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hrm_text.config import ModelConfig
-from hrm_text.model.hrm import build_schedule
+from hrm_text.model.schedule import build_schedule
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str, tokens_per_rank: int,
 
 
 def _recorded_calls(cfg: ModelConfig, K: int) -> int:
-    from hrm_text.model.hrm import build_schedule
+    from hrm_text.model.schedule import build_schedule
 
     return sum(build_schedule(cfg).recorded(K))
 
