@@ -113,7 +113,10 @@ class SwiGLU(nn.Module):
         trunc_normal_(self.gate_up_proj.weight, 1.0 / math.sqrt(self.gate_up_proj.in_features))
         trunc_normal_(self.down_proj.weight, 1.0 / math.sqrt(self.down_proj.in_features))
 
-    def forward(self, x: torch.Tensor, linear: Linear = F.linear) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, linear: Linear | None = None) -> torch.Tensor:
+        if linear is None:  # module calls: adapters wrapping the projections (LoRA) take part
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         gate, up = linear(x, self.gate_up_proj.weight).chunk(2, dim=-1)
         return linear(F.silu(gate) * up, self.down_proj.weight)
 
