@@ -29,6 +29,7 @@ from hrm_text.infer.decode_attention import decode_attention, fused_decode_avail
 from hrm_text.model.attention import AttnMask, attention
 from hrm_text.model.kv_cache import CacheView
 from hrm_text.model.lm import HRMTextLM
+from hrm_text.model.lora import has_lora
 
 
 @dataclass
@@ -145,6 +146,8 @@ class Engine:
             fused_attention = use_compile and fused_decode_available(self.device)
         if fused_attention and not (use_compile and fused_decode_available(self.device)):
             raise ValueError("fused_attention needs compile=True on a CUDA device with Triton")
+        if fused_attention and has_lora(model):  # the fused kernels read raw weights: adapters would be skipped
+            raise ValueError("the fused decode path cannot run live LoRA adapters; merge them first (hrm_text.model.lora.merge_lora)")
         self._fused = fused_attention
         # one row: matmuls as fused reductions beat cuBLAS (XL on an H100: 5.5-6.0 ms against 6.6 ms a
         # step); from two rows on they lose (docs/PERFORMANCE.md). HRM_TEXT_DECODE_GEMV_ROWS overrides.

@@ -180,13 +180,23 @@ def run_grpo(cfg: Config, resume: str | None = "auto", progress: bool = True,
         log.info("resumed from %s at step %d", resume_path, start)
 
     # the rollout copy: adapter-free, in the rollout dtype, refreshed in place every step
-    encoded = [tok.encode_prompt(str(r["instruction"]), str(r.get("condition") or "direct")) for r in prompts + heldout]
-    max_len = min(cfg.model.max_seq_len, max(len(e) for e in encoded) + rl.max_new_tokens + 2)
+    # prompts are encoded when first drawn (a 100k-row file would take minutes up front); a token
+    # is at least one byte, so bytes + condition tags + <boq>/<eoq> bound every prompt's length
+    cache: dict[int, list[int]] = {}
+
+    def encode(i: int) -> list[int]:
+        if i not in cache:
+            row = heldout[i - len(prompts)] if i >= len(prompts) else prompts[i]
+            cache[i] = tok.encode_prompt(str(row["instruction"]), str(row.get("condition") or "direct"))
+        return cache[i]
+
+    longest = max(len(str(r["instruction"]).encode("utf-8")) + len(str(r.get("condition") or "direct").split(",")) + 2
+                  for r in prompts + heldout)
+    max_len = min(cfg.model.max_seq_len, longest + rl.max_new_tokens + 2)
     rollout = HRMTextLM(cfg.model, init=False).to(device=dev, dtype=torch.bfloat16 if use_bf16 else torch.float32)
     n_rows = rl.prompts_per_step * rl.group_size
     engine = Engine(rollout, eoa_id=tok.eoa_id, max_batch=max(n_rows, min(64, len(heldout) or 1)), max_len=max_len,
                     decode_text=lambda ids: tok.decode(ids, skip_special_tokens=True))
-    prompt_ids = encoded[: len(prompts)]
     K = cfg.model.bp_max_steps
 
     logger = MetricsLogger(out_dir, total_steps=t.max_steps, price_per_gpu_hour=t.price_per_gpu_hour, num_gpus=1,
@@ -205,7 +215,7 @@ def run_grpo(cfg: Config, resume: str | None = "auto", progress: bool = True,
     def evaluate() -> dict[str, float]:
         with ema.swap(model):
             copy_merged_weights(model, rollout)
-        reqs = [Request(encoded[len(prompts) + i], SamplingParams(max_tokens=rl.max_new_tokens), i) for i in range(len(heldout))]
+        reqs = [Request(encode(len(prompts) + i), SamplingParams(max_tokens=rl.max_new_tokens), i) for i in range(len(heldout))]
         res = engine.generate(reqs)
         scores = [reward(r.text or "", row) for r, row in zip(res, heldout)]
         return {"reward": float(np.mean(scores)), "pass_rate": float(np.mean([s >= 1.0 for s in scores])) * 100}
@@ -220,7 +230,7 @@ def run_grpo(cfg: Config, resume: str | None = "auto", progress: bool = True,
         for j, pi in enumerate(idx):
             for g in range(rl.group_size):
                 seed = (rl.seed * 7_919 + step * 104_729 + j * 1_009 + g) % 2**31  # reproducible after resume
-                reqs.append(Request(prompt_ids[pi], SamplingParams(max_tokens=rl.max_new_tokens, temperature=rl.temperature,
+                reqs.append(Request(encode(pi), SamplingParams(max_tokens=rl.max_new_tokens, temperature=rl.temperature,
                                                                    top_p=rl.top_p, seed=seed), len(reqs)))
         results = engine.generate(reqs)
         rows = [prompts[pi] for pi in idx for _ in range(rl.group_size)]
