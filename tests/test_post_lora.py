@@ -1,8 +1,10 @@
 """LoRA SFT through `train` (train.lora), exact resume, merged export and the PEFT adapter folder.
 
-Task design: the base (`trained_tiny`) learned addition ("a+b=" -> "a+b's value"). The LoRA task
-uses the same prompts with another answer, the operands swapped ("a+b=" -> "b+a"), which the base
-never produces: its held-out exact-match is 0, and only the adapters can move it.
+Task design: the base (`trained_tiny`) learned addition for 40 steps ("a+b=" -> the sum). The LoRA
+task gives the same prompts another, fixed answer ("a+b=" -> "00"), which the base never produces:
+its held-out exact-match is 0 and only the adapters can move it. The answer is deliberately
+trivial so that ~30 CPU steps learn it every time: a copy task ("a+b=" -> "b+a") stayed at 0%
+held-out after 40 LoRA steps (loss plateau 2.45), because a 40-step base cannot copy yet.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def swap_data(tiny_data, tmp_path_factory):
     rng = random.Random(1)
     pairs = sorted({(rng.randint(0, 99), rng.randint(0, 99)) for _ in range(2600)})
     rng.shuffle(pairs)
-    rows = [{"condition": "direct", "instruction": f"{a}+{b}=", "response": f"{b}+{a}"} for a, b in pairs]
+    rows = [{"condition": "direct", "instruction": f"{a}+{b}=", "response": "00"} for a, b in pairs]
     _write(root / "corpus" / "train" / "swap.jsonl", rows[:-64])
     _write(root / "corpus" / "heldout" / "swap_test.jsonl", rows[-64:])
     tokenize_sources([root / "corpus" / "train"], tiny_data["tokenizer"], root / "tokens", workers=1)
@@ -66,7 +68,7 @@ def _em(model, tok, heldout) -> float:
 @pytest.fixture(scope="module")
 def lora_run(swap_data, trained_tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora_run")
-    cfg = load_config(None, _lora_overrides(swap_data, trained_tiny, out, steps=60))
+    cfg = load_config(None, _lora_overrides(swap_data, trained_tiny, out, steps=30))
     res = train(cfg, resume=None, progress=False)
     return res.final_checkpoint
 
@@ -78,7 +80,7 @@ def test_lora_sft_moves_exact_match_on_a_split_the_base_fails(lora_run, trained_
     assert not has_lora(loaded.model)
     after = _em(loaded.model, tok, swap_data["heldout"])
     assert before == 0.0
-    assert after >= 30.0, (before, after)
+    assert after >= 90.0, (before, after)
 
 
 def test_lora_checkpoint_trains_adapters_only(lora_run, trained_tiny):
@@ -159,7 +161,7 @@ def test_merged_export_equals_base_plus_adapter_and_peft_loads_it(which, request
     assert not (merged_dir / "adapter").exists() and (split_dir / "adapter" / "adapter_config.json").is_file()
 
     prompt = tok.encode_prompt("12+34=", "direct")
-    ids = torch.tensor([prompt + tok.encode("34+12")])
+    ids = torch.tensor([prompt + tok.encode("46")])
     n = len(prompt)
     ours = _our_logits(load_model(lora_run).model, ids, n)
     base_only = _our_logits(load_model(split_dir).model, ids, n)  # the exported base, no adapter

@@ -78,13 +78,20 @@ def peft_config(lcfg: LoraConfig) -> Any:
     )
 
 
-def apply_lora(model: nn.Module, lcfg: LoraConfig) -> nn.Module:
-    """Inject adapters in place (B = 0, so the model computes exactly what it did); freeze the rest."""
+def apply_lora(model: nn.Module, lcfg: LoraConfig, seed: int = 0) -> nn.Module:
+    """Inject adapters in place (B = 0, so the model computes exactly what it did); freeze the rest.
+
+    A is drawn from its own seeded RNG: the same adapters whatever ran before (two runs in one
+    process start alike, which exact-resume checks rely on), and the caller's RNG is untouched."""
     lcfg.validate()
     if has_lora(model):
         raise ValueError("the model already has LoRA adapters")
     peft = _import_peft()
-    peft.inject_adapter_in_model(peft_config(lcfg), model, adapter_name=ADAPTER)
+    p = next(model.parameters())
+    devices = [p.device] if p.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        peft.inject_adapter_in_model(peft_config(lcfg), model, adapter_name=ADAPTER)
     layers = lora_layers(model)
     if not layers:
         raise ConfigError(f"train.lora.targets={lcfg.targets} matched no module of this model")

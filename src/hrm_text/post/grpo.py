@@ -160,7 +160,7 @@ def run_grpo(cfg: Config, resume: str | None = "auto", progress: bool = True,
     else:
         model = build_model(cfg, tok.vocab_size, dev, t.init_from)
     if t.lora is not None:
-        apply_lora(model, t.lora)
+        apply_lora(model, t.lora, seed=t.seed)
     ref: HRMTextLM | None = None
     if rl.kl_coef > 0 and t.lora is None:  # full weights: the starting weights, frozen
         ref = build_model(copy.deepcopy(cfg), tok.vocab_size, dev, t.init_from) if resume_path is not None else copy.deepcopy(model)

@@ -178,7 +178,7 @@ def train(
         if t.lora is not None:  # adapters only: base frozen; optimizer and EMA see trainable params
             from hrm_text.model.lora import apply_lora
 
-            apply_lora(model, t.lora)
+            apply_lora(model, t.lora, seed=t.seed)
         use_bf16 = t.dtype == "bf16" and device.type == "cuda"
         if dist.world_size > 1:
             apply_fsdp2(model, model.blocks(), mp_dtype=torch.bfloat16 if use_bf16 else None,
