@@ -81,7 +81,7 @@ def test_grpo_config_errors(tiny_data, trained_tiny, tmp_path):
 
 
 def test_group_advantages_and_rewards():
-    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0]), 3)
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0]), 3)
     assert adv[:3].sum().abs() < 1e-5 and adv[0] > 0 > adv[1]
     assert torch.all(adv[3:] == 0)  # equal rewards: no signal
     assert auto_reward(" 42 ", {"instruction": "40+2=", "response": "42"}) == 1.0
