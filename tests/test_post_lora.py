@@ -197,3 +197,27 @@ def test_peft_adapter_loads_with_no_missing_keys(synthetic_lora, tmp_path):
     assert not res.unexpected_keys, res.unexpected_keys[:5]
     # 16 fused/plain projections -> 2 stacks x 2 blocks x (4 + 1 + 2 + 1) split modules, A and B each
     assert len(sd) == 2 * 2 * 8 * 2
+
+
+def test_generate_cli_and_merge_flag_on_a_lora_checkpoint(synthetic_lora, tmp_path):
+    from typer.testing import CliRunner
+
+    from hrm_text.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["generate", str(synthetic_lora), "12+34=", "-n", "3", "--device", "cpu", "--no-stream"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["export-hf", str(synthetic_lora), str(tmp_path / "m"), "--merge-lora"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "m" / "model.safetensors").is_file() and not (tmp_path / "m" / "adapter").exists()
+
+
+def test_lora_config_errors():
+    from hrm_text.config import ConfigError
+
+    with pytest.raises(ConfigError, match="targets"):
+        load_config(None, ["train.lora.targets=[qkv]"])
+    with pytest.raises(ConfigError, match="rank"):
+        load_config(None, ["train.lora.rank=0"])
+    cfg = load_config(None, ["train.lora.L_scale=0.5"])  # a nested key alone enables LoRA with defaults
+    assert cfg.train.lora is not None and cfg.train.lora.rank == 8 and cfg.train.lora.L_scale == 0.5

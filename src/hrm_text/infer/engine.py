@@ -142,8 +142,8 @@ class Engine:
         # bound. Compiled block parts (shared by every block and stack call) and the fused attention
         # kernel keep the kernel count down; the CUDA graph then replays the whole step.
         use_compile = self.device.type == "cuda" if compile is None else compile
-        if fused_attention is None:
-            fused_attention = use_compile and fused_decode_available(self.device)
+        if fused_attention is None:  # live LoRA adapters (evaluation during LoRA training) need module calls
+            fused_attention = use_compile and fused_decode_available(self.device) and not has_lora(model)
         if fused_attention and not (use_compile and fused_decode_available(self.device)):
             raise ValueError("fused_attention needs compile=True on a CUDA device with Triton")
         if fused_attention and has_lora(model):  # the fused kernels read raw weights: adapters would be skipped
