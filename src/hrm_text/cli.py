@@ -6,6 +6,7 @@ Sub-command modules (imported only if present, so each area stays in its own roo
   hrm_text.train.cli   `train`, `plan`, `quickstart`
   hrm_text.infer.cli   `generate`, `chat`, `serve`, `export-hf`, `import-hf`
   hrm_text.eval.cli    `eval`
+  hrm_text.post.cli    `rl`
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _SUBCOMMAND_MODULES = (
     "hrm_text.train.cli",
     "hrm_text.infer.cli",
     "hrm_text.eval.cli",
+    "hrm_text.post.cli",
 )
 
 

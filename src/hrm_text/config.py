@@ -133,6 +133,41 @@ class DataConfig:
     seed: int = 0
 
 
+LORA_TARGETS = ("gqkv_proj", "o_proj", "gate_up_proj", "down_proj")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters on the block projections (docs/POST_TRAINING.md); base weights stay frozen.
+
+    Scaling of a stack S is `alpha / rank_S * S_scale`. The L stack runs H_cycles * L_cycles times
+    per token (6 by default), so one update moves the output several times as much: `L_scale`
+    (or a smaller `L_rank`) damps it, which public HRM fine-tunes did by hand with per-stack LRs.
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    H_rank: int | None = None  # per-stack rank (default: rank)
+    L_rank: int | None = None
+    H_scale: float = 1.0  # per-stack multiplier of alpha / rank
+    L_scale: float = 1.0
+
+    def validate(self) -> None:
+        if not isinstance(self.targets, list) or not self.targets:
+            raise ConfigError(f"train.lora.targets must be a non-empty list of {', '.join(LORA_TARGETS)}")
+        for t in self.targets:
+            if t not in LORA_TARGETS:
+                raise ConfigError(f"train.lora.targets has {t!r}; choose among {', '.join(LORA_TARGETS)}")
+        for name in ("rank", "H_rank", "L_rank"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"train.lora.{name} must be >= 1 (got {v})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"train.lora.dropout must be in [0, 1) (got {self.dropout})")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and run control (docs/ARCHITECTURE.md#optimiser-and-schedules)."""
@@ -140,6 +175,7 @@ class TrainConfig:
     out_dir: str = "runs/default"
     init_from: str | None = None  # checkpoint dir (SFT / fine-tune)
     init_from_ema: bool = True
+    lora: LoraConfig | None = None  # set (e.g. `lora: {rank: 16}`) to train adapters only
     lr: float = 2.2e-4
     lr_warmup_steps: int = 2000
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -188,14 +224,51 @@ class EvalConfig:
 
 
 @dataclass
+class RLConfig:
+    """GRPO (`hrm-text rl`, docs/POST_TRAINING.md). Model, optimizer, LoRA, checkpoints and logging
+    come from the `train` section; `train.max_steps` counts GRPO steps."""
+
+    prompts: str | None = None  # JSONL of {condition, instruction, response} (a built-in held-out/train file)
+    heldout: str | None = None  # JSONL scored greedily every `eval_every` steps (exact match / the reward)
+    reward: str = "auto"  # auto | exact | dm_math | sudoku | boxed_math | module:function
+    prompts_per_step: int = 8
+    group_size: int = 8  # completions per prompt
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    kl_coef: float = 0.0  # k3 KL to the starting weights (LoRA: the base with adapters off)
+    scale_rewards: bool = True  # divide advantages by the group std (GRPO); false = Dr. GRPO
+    micro_batch: int = 64  # completions per forward/backward in the update
+    eval_every: int = 0
+    eval_limit: int = 200
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"rl.{name} must be >= 1 (got {getattr(self, name)})")
+        if self.group_size < 2:
+            raise ConfigError("rl.group_size must be >= 2: advantages are normalised within a group")
+        if self.temperature <= 0:
+            raise ConfigError(f"rl.temperature must be > 0 for group rollouts (got {self.temperature})")
+        if self.kl_coef < 0:
+            raise ConfigError(f"rl.kl_coef must be >= 0 (got {self.kl_coef})")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    rl: RLConfig = field(default_factory=RLConfig)
+
     def validate(self) -> None:
         self.model.validate()
+        if self.train.lora is not None:
+            self.train.lora.validate()
+        self.rl.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -295,9 +368,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.lr=3e-4)")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
-        if len(parts) != 2 or parts[0] not in sections:
-            raise ConfigError(f"override key {key!r} must be section.key with section one of {', '.join(sorted(sections))}")
-        raw.setdefault(parts[0], {})[parts[1]] = _parse_scalar(text)
+        if len(parts) not in (2, 3) or parts[0] not in sections:
+            raise ConfigError(f"override key {key!r} must be section.key (or section.key.subkey, e.g. train.lora.rank) "
+                              f"with section one of {', '.join(sorted(sections))}")
+        node = raw.setdefault(parts[0], {})
+        if len(parts) == 3:  # a nested section such as train.lora
+            sub = node.get(parts[1])
+            if not isinstance(sub, dict):
+                sub = node[parts[1]] = {}
+            node = sub
+        node[parts[-1]] = _parse_scalar(text)
     return raw
 
 
@@ -328,6 +408,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data=_build(DataConfig, dict(raw.get("data") or {}), "data"),
         train=_build(TrainConfig, dict(raw.get("train") or {}), "train"),
         eval=_build(EvalConfig, dict(raw.get("eval") or {}), "eval"),
+        rl=_build(RLConfig, dict(raw.get("rl") or {}), "rl"),
     )
     cfg.validate()
     return cfg
@@ -341,4 +422,5 @@ def config_from_dict(d: dict[str, Any]) -> Config:
         data=_build(DataConfig, dict(d.get("data") or {}), "data"),
         train=_build(TrainConfig, dict(d.get("train") or {}), "train"),
         eval=_build(EvalConfig, dict(d.get("eval") or {}), "eval"),
+        rl=_build(RLConfig, dict(d.get("rl") or {}), "rl"),
     )

@@ -43,6 +43,7 @@ __all__ = [
     "drop_prediction_spans",
     "score_drop",
     "score_exact",
+    "score_sudoku",
     "math_verify_available",
 ]
 
@@ -566,3 +567,47 @@ def score_exact(generation: Any, reference: str) -> float:
         return 0.0
     return 1.0 if generation.strip() == str(reference).strip() else 0.0
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Sudoku validity
+
+
+def _sudoku_cells(text: str) -> list[int] | None:
+    """The 81 cells of a 9x9 grid written as 9 lines of digits ('.' or '0' = empty), else None."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    lines = lines[-9:]
+    if len(lines) != 9 or any(len(ln) != 9 for ln in lines):
+        return None
+    cells = []
+    for ln in lines:
+        for ch in ln:
+            if ch in ".0":
+                cells.append(0)
+            elif ch.isdigit():
+                cells.append(int(ch))
+            else:
+                return None
+    return cells
+
+
+def score_sudoku(generation: Any, puzzle: str) -> float:
+    """1.0 when the generation is a complete, valid 9x9 Sudoku that keeps every given of `puzzle`
+    (the instruction's grid): any valid solution counts, not only the reference one."""
+    if not isinstance(generation, str) or len(generation) > _MAX_ANSWER_CHARS:
+        return 0.0
+    grid = _sudoku_cells(generation)
+    givens = _sudoku_cells(puzzle)
+    if grid is None or givens is None or 0 in grid:
+        return 0.0
+    if any(g and g != v for g, v in zip(givens, grid)):
+        return 0.0
+    full = set(range(1, 10))
+    for i in range(9):
+        row = grid[i * 9 : i * 9 + 9]
+        col = grid[i::9]
+        r0, c0 = (i // 3) * 3, (i % 3) * 3
+        box = [grid[(r0 + dr) * 9 + c0 + dc] for dr in range(3) for dc in range(3)]
+        if set(row) != full or set(col) != full or set(box) != full:
+            return 0.0
+    return 1.0

@@ -189,12 +189,14 @@ def export_hf_cmd(
     out: Path = typer.Argument(..., help="Output folder (created)."),
     raw_weights: bool = typer.Option(False, "--raw-weights", help="Export the raw weights instead of the EMA ones."),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16 (default: the imported folder's dtype, else float32)."),
+    merge_lora: bool = typer.Option(False, "--merge-lora", help="LoRA checkpoint: write merged weights instead of base + OUT/adapter (PEFT folder)."),
 ) -> None:
-    """Write a transformers `hrm_text` folder (config, safetensors, tokenizer, generation config, README)."""
+    """Write a transformers `hrm_text` folder (config, safetensors, tokenizer, generation config, README).
+    A LoRA checkpoint also gets OUT/adapter, a PEFT adapter folder (peft.PeftModel.from_pretrained)."""
     from hrm_text.infer.export import export_hf
 
     try:
-        path = export_hf(ckpt, out, raw_weights=raw_weights, dtype=dtype)
+        path = export_hf(ckpt, out, raw_weights=raw_weights, dtype=dtype, merge_lora=merge_lora)
     except Exception as e:  # ModelLoadError, damaged checkpoints, bad dtype: one line, exit 2
         raise _fail(f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e))
     typer.echo(f"exported to {path} (load with AutoModelForCausalLM and pass token_type_ids=1 on the prompt)")

@@ -29,6 +29,7 @@ from hrm_text.infer.decode_attention import decode_attention, fused_decode_avail
 from hrm_text.model.attention import AttnMask, attention
 from hrm_text.model.kv_cache import CacheView
 from hrm_text.model.lm import HRMTextLM
+from hrm_text.model.lora import has_lora
 
 
 @dataclass
@@ -145,10 +146,12 @@ class Engine:
         # bound. Compiled block parts (shared by every block and stack call) and the fused attention
         # kernel keep the kernel count down; the CUDA graph then replays the whole step.
         use_compile = self.device.type == "cuda" if compile is None else compile
-        if fused_attention is None:
-            fused_attention = use_compile and fused_decode_available(self.device)
+        if fused_attention is None:  # live LoRA adapters (evaluation during LoRA training) need module calls
+            fused_attention = use_compile and fused_decode_available(self.device) and not has_lora(model)
         if fused_attention and not (use_compile and fused_decode_available(self.device)):
             raise ValueError("fused_attention needs compile=True on a CUDA device with Triton")
+        if fused_attention and has_lora(model):  # the fused kernels read raw weights: adapters would be skipped
+            raise ValueError("the fused decode path cannot run live LoRA adapters; merge them first (hrm_text.model.lora.merge_lora)")
         self._fused = fused_attention
         # one row: matmuls as fused reductions beat cuBLAS (XL on an H100: 5.5-6.0 ms against 6.6 ms a
         # step); from two rows on they lose (docs/PERFORMANCE.md). HRM_TEXT_DECODE_GEMV_ROWS overrides.

@@ -102,11 +102,17 @@ def _checkpoint_meta(path: Path) -> dict[str, Any]:
         return {}
 
 
-def export_hf(ckpt: str | Path, out: str | Path, raw_weights: bool = False, dtype: str | None = None) -> Path:
+ADAPTER_DIR = "adapter"
+
+
+def export_hf(ckpt: str | Path, out: str | Path, raw_weights: bool = False, dtype: str | None = None,
+              merge_lora: bool = False) -> Path:
     """Write a transformers `hrm_text` folder from a checkpoint (EMA weights unless `raw_weights`).
 
     `dtype` None means: the dtype the checkpoint was imported from (bit-exact round trips), else
-    float32, the dtype the trainer keeps its master weights in.
+    float32, the dtype the trainer keeps its master weights in. A LoRA checkpoint exports the base
+    weights plus a PEFT adapter folder `OUT/adapter` (`PeftModel.from_pretrained(base, OUT/adapter)`),
+    or, with `merge_lora`, one folder of merged weights.
     """
     from hrm_text.model.hf_adapter import save_hf_folder
 
@@ -114,7 +120,8 @@ def export_hf(ckpt: str | Path, out: str | Path, raw_weights: bool = False, dtyp
 
     # an imported checkpoint has no EMA: take its model weights without the "no EMA" warning
     has_ema = bool(_checkpoint_meta(resolve_checkpoint(ckpt)).get("has_ema", True))
-    loaded: LoadedModel = load_model(ckpt, device="cpu", dtype=torch.float32, use_ema=has_ema and not raw_weights)
+    loaded: LoadedModel = load_model(ckpt, device="cpu", dtype=torch.float32, use_ema=has_ema and not raw_weights,
+                                     merge_lora=merge_lora)
     if loaded.model.cfg.arch != "hrm":
         raise ModelLoadError(f"only arch=hrm has a transformers counterpart; {ckpt} is arch={loaded.model.cfg.arch}")
     if dtype is None:
@@ -128,7 +135,14 @@ def export_hf(ckpt: str | Path, out: str | Path, raw_weights: bool = False, dtyp
         raise ModelLoadError(f"{out_dir} exists and is not empty (nor an hrm_text folder); choose a new folder")
     tok = loaded.tokenizer
     ids = _token_ids(tok)
-    save_hf_folder(loaded.model, out_dir, ids, dtype=torch_dtype)
+    base_sd = None
+    if loaded.lora is not None:
+        from hrm_text.model.lora import base_state_dict
+
+        base_sd = base_state_dict(loaded.model)
+    save_hf_folder(loaded.model, out_dir, ids, dtype=torch_dtype, state_dict=base_sd)
+    if loaded.lora is not None:
+        write_peft_adapter(loaded.model, loaded.lora, out_dir / ADAPTER_DIR, base=out_dir, dtype=torch_dtype)
     if tok is not None:
         tok.save(out_dir)
     gen_cfg: dict[str, Any] = {"_from_model_config": False, "do_sample": False}
@@ -143,6 +157,27 @@ def export_hf(ckpt: str | Path, out: str | Path, raw_weights: bool = False, dtyp
         eoa_id=tok.eoa_id if tok is not None else "?", path=str(out_dir),
     )
     (out_dir / "README.md").write_text(readme)
+    return out_dir
+
+
+def write_peft_adapter(model: torch.nn.Module, lora: Any, out_dir: Path, base: Path, dtype: torch.dtype) -> Path:
+    """A PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) over transformers'
+    split `hrm_text` modules; fused projections become per-split LoRAs sharing one A."""
+    from safetensors.torch import save_file
+
+    from hrm_text.model.hf_adapter import to_hf_lora_state_dict
+    from hrm_text.model.lora import adapter_factors, peft_config
+
+    sd, targets = to_hf_lora_state_dict(adapter_factors(model))
+    cfg = peft_config(lora)
+    cfg.target_modules = targets
+    cfg.task_type = "CAUSAL_LM"
+    cfg.base_model_name_or_path = str(base)
+    cfg.inference_mode = True
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save_pretrained(str(out_dir))
+    save_file({k: v.to(dtype).contiguous() for k, v in sd.items()}, str(out_dir / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
     return out_dir
 
 

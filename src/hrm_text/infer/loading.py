@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hrm_text.config import ModelConfig, config_from_dict
+from hrm_text.config import LoraConfig, ModelConfig, config_from_dict
 from hrm_text.data.tokenizer import TextTokenizer
 from hrm_text.model.lm import HRMTextLM
 
@@ -32,6 +32,7 @@ class LoadedModel:
     tokenizer: TextTokenizer | None
     source: str  # "checkpoint:ema", "checkpoint:model" or "hf"
     path: Path
+    lora: LoraConfig | None = None  # set when the model still carries its (unmerged) LoRA adapter
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -81,10 +82,16 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     use_ema: bool = True,
     attn_backend: str | None = None,
+    merge_lora: bool = True,
 ) -> LoadedModel:
-    """Build the model described by the checkpoint/folder and load its weights."""
+    """Build the model described by the checkpoint/folder and load its weights.
+
+    A checkpoint trained with `train.lora` holds the frozen base and the adapter; it is returned
+    merged into a plain model (what generate/chat/serve/eval run fast), or with the adapter still
+    separate when `merge_lora=False` (export of a PEFT adapter folder)."""
     p = resolve_checkpoint(path)
     tokenizer: TextTokenizer | None = None
+    lora: LoraConfig | None = None
     if is_hf_folder(p):
         from hrm_text.model.hf_adapter import load_hf_folder
 
@@ -95,13 +102,22 @@ def load_model(
     else:
         from hrm_text.train.checkpoint import load_model_weights, read_checkpoint_config
 
-        cfg = config_from_dict(read_checkpoint_config(p)).model
-        model = HRMTextLM(cfg, init=False)
+        full = config_from_dict(read_checkpoint_config(p))
+        model = HRMTextLM(full.model, init=False)
+        lora = full.train.lora
+        if lora is not None:
+            from hrm_text.model.lora import apply_lora
+
+            apply_lora(model, lora)  # same module names as in training, so the state dict matches
         which = load_model_weights(p, model, use_ema=use_ema)
         source = f"checkpoint:{which}"
+        if lora is not None and merge_lora:
+            from hrm_text.model.lora import merge_lora as merge
+
+            model, lora = merge(model), None
         if (p / "tokenizer").is_dir():
             tokenizer = TextTokenizer.load(p / "tokenizer")
     if attn_backend is not None:
         model.cfg.attn_backend = attn_backend  # type: ignore[misc]
     model = model.to(device=device, dtype=dtype).eval()
-    return LoadedModel(model, tokenizer, source, p)
+    return LoadedModel(model, tokenizer, source, p, lora)

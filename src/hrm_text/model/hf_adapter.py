@@ -203,3 +203,35 @@ def load_hf_folder(folder: str | Path, **config_overrides: Any) -> torch.nn.Modu
     if missing or unexpected:
         raise HFFormatError(f"weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model
+
+
+# LoRA on a fused projection = one shared A and B split by rows like the weight itself, since
+# W_part + s * B_part @ A is row block `part` of W + s * B @ A (exact, no refit).
+_LORA_SPLITS: dict[str, tuple[str, ...]] = {
+    "attn.gqkv_proj": ("self_attn.gate_proj", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+    "attn.o_proj": ("self_attn.o_proj",),
+    "mlp.down_proj": ("mlp.down_proj",),
+}
+
+
+def to_hf_lora_state_dict(adapters: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Our LoRA factors {module name: (A [r, in], B [out, r])} -> a PEFT adapter state dict over
+    transformers' in-memory (split) `hrm_text` modules, and the PEFT `target_modules` suffixes."""
+    out: dict[str, torch.Tensor] = {}
+    targets: set[str] = set()
+    for name, (a, b) in adapters.items():
+        for ours, theirs in _LORA_SPLITS.items():
+            if name.endswith("." + ours):
+                prefix = name[: -len(ours)]
+                break
+        else:
+            raise HFFormatError(f"LoRA on {name} has no transformers counterpart")
+        if b.shape[0] % len(theirs):
+            raise HFFormatError(f"LoRA B of {name} has {b.shape[0]} rows, not divisible into {len(theirs)} projections")
+        for part, b_part in zip(theirs, b.chunk(len(theirs), dim=0)):
+            key = f"base_model.model.{prefix}{part}"
+            out[f"{key}.lora_A.weight"] = a.detach().clone()
+            out[f"{key}.lora_B.weight"] = b_part.detach().clone()
+            targets.add(part)
+    return out, sorted(targets)

@@ -176,12 +176,16 @@ def train(
             saved = config_from_dict(ckpt.read_checkpoint_config(resume_path))
             cfg.model = saved.model
         model = build_model(cfg, tok.vocab_size, device, init_from)
+        if t.lora is not None:  # adapters only: base frozen; optimizer and EMA see trainable params
+            from hrm_text.model.lora import apply_lora
+
+            apply_lora(model, t.lora, seed=t.seed)
         use_bf16 = t.dtype == "bf16" and device.type == "cuda"
         if dist.world_size > 1:
             apply_fsdp2(model, model.blocks(), mp_dtype=torch.bfloat16 if use_bf16 else None,
                         reshard_after_forward=t.fsdp_reshard_after_forward)
         prepare_model(model, t, device)
-        opt = AdamAtan2(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
+        opt = AdamAtan2([p for p in model.parameters() if p.requires_grad], lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
         ema = ModelEMA(model, decay=t.ema_decay, warmup=t.ema_warmup)
 
         start_step, elapsed_offset = 0, 0.0
