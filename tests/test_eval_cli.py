@@ -40,7 +40,7 @@ def test_eval_builtin_matches_direct_generation(runner: CliRunner, trained_tiny:
     """The command's generations are the engine's greedy answers for the items' prompts."""
     import torch
 
-    from hrm_text.infer.loading import load_model
+    from hrm_text.checkpoint.loading import load_model
     from hrm_text.infer.textgen import make_engine, text_generate_fn
 
     out = tmp_path / "res"

@@ -18,7 +18,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "hrm_text"
 
 FLOORS: dict[str, int] = {
-    "config": 0, "data": 1, "model": 2, "checkpoint": 3, "train": 4, "infer": 4, "eval": 5,
+    "config": 0, "data": 1, "model": 2, "checkpoint": 3, "train": 4, "infer": 4, "eval": 5, "post": 5,
     "commands": 6, "cli": 6, "__init__": 0, "__main__": 6,
 }
 

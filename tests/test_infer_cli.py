@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from hrm_text.cli import app
 from hrm_text.infer.chat import ChatSession, StreamDecoder, fold_history, fold_messages
 from hrm_text.infer.engine import SamplingParams
-from hrm_text.infer.loading import load_model
+from hrm_text.checkpoint.loading import load_model
 from hrm_text.infer.textgen import make_engine
 
 runner = CliRunner()

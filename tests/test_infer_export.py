@@ -15,7 +15,7 @@ from hrm_text.cli import app
 from hrm_text.config import model_config
 from hrm_text.data.tokenizer import TextTokenizer
 from hrm_text.infer.export import export_hf, import_hf
-from hrm_text.infer.loading import load_model
+from hrm_text.checkpoint.loading import load_model
 from hrm_text.model.hf_adapter import save_hf_folder
 from hrm_text.model.lm import HRMTextLM
 

@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from hrm_text.infer.engine import Engine, Request, SamplingParams  # noqa: E402
 from hrm_text.infer.export import export_hf  # noqa: E402
-from hrm_text.infer.loading import load_model  # noqa: E402
+from hrm_text.checkpoint.loading import load_model  # noqa: E402
 
 PROMPTS = [("direct", "12+30="), ("cot", "99+1="), ("direct", "what is 40+2? "), ("synth,cot", "3+4="), ("direct", "1")]
 NEW = 10

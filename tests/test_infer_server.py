@@ -16,7 +16,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from hrm_text.infer.chat import generate_one  # noqa: E402
 from hrm_text.infer.engine import SamplingParams  # noqa: E402
-from hrm_text.infer.loading import load_model  # noqa: E402
+from hrm_text.checkpoint.loading import load_model  # noqa: E402
 from hrm_text.infer.server import create_app  # noqa: E402
 from hrm_text.infer.textgen import make_engine  # noqa: E402
 

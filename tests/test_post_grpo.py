@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hrm_text.config import ConfigError, load_config
-from hrm_text.infer.loading import load_model
+from hrm_text.checkpoint.loading import load_model
 from hrm_text.post.grpo import group_advantages, run_grpo
 from hrm_text.post.rewards import auto_reward, load_reward
 

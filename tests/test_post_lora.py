@@ -19,7 +19,7 @@ import torch
 from hrm_text.config import load_config
 from hrm_text.data.tokenizer import TextTokenizer
 from hrm_text.infer.export import export_hf
-from hrm_text.infer.loading import load_model
+from hrm_text.checkpoint.loading import load_model
 from hrm_text.model.lora import has_lora, lora_layers
 from hrm_text.train.evaluation import exact_match
 from hrm_text.train.trainer import train
@@ -117,7 +117,7 @@ def synthetic_lora(tiny_data, tmp_path_factory):
     from hrm_text.config import Config, LoraConfig, model_config
     from hrm_text.model.lm import HRMTextLM
     from hrm_text.model.lora import apply_lora
-    from hrm_text.train.checkpoint import save_checkpoint
+    from hrm_text.checkpoint.store import save_checkpoint
 
     tok = TextTokenizer.load(tiny_data["tokenizer"])
     lcfg = LoraConfig(rank=4, alpha=8, L_rank=2, L_scale=0.5)

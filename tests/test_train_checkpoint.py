@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from hrm_text.train.checkpoint import (
+from hrm_text.checkpoint.store import (
     MARKER,
     CheckpointError,
     find_latest,

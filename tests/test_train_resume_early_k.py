@@ -9,7 +9,7 @@ import torch
 from hrm_text.config import model_config
 from hrm_text.data.batch import pack_rows
 from hrm_text.model.lm import HRMTextLM
-from hrm_text.train import checkpoint as ckpt
+from hrm_text.checkpoint import store as ckpt
 from hrm_text.train.optim import AdamAtan2, ModelEMA
 
 

@@ -51,7 +51,7 @@ def load_tokenizer_only(ckpt: Path, tokenizer_dir: Optional[Path] = None) -> Any
     """The tokenizer stored with a checkpoint (or a transformers folder), without the weights:
     items are built (and missing data reported) before paying for the model load."""
     from hrm_text.data.tokenizer import TextTokenizer
-    from hrm_text.infer.loading import ModelLoadError, is_hf_folder, resolve_checkpoint
+    from hrm_text.checkpoint.loading import ModelLoadError, is_hf_folder, resolve_checkpoint
 
     if tokenizer_dir is not None:
         return TextTokenizer.load(tokenizer_dir)
@@ -143,7 +143,7 @@ def eval_cmd(
 ) -> None:
     """Evaluate a checkpoint on the paper's benchmarks or the built-in held-out suite."""
     from hrm_text.eval.runner import MissingBenchmarkData, builtin_items, paper_items, run_suite
-    from hrm_text.infer.loading import ModelLoadError
+    from hrm_text.checkpoint.loading import ModelLoadError
 
     logging.basicConfig(level=logging.WARNING)
     suite = suite.lower()
@@ -169,7 +169,7 @@ def eval_cmd(
         if not items:
             _echo_err("the suite has no items (empty files?)")
             raise typer.Exit(2)
-        from hrm_text.infer.loading import load_model
+        from hrm_text.checkpoint.loading import load_model
 
         loaded = load_model(ckpt, device=dev, dtype=torch_dtype, use_ema=not no_ema)
     except MissingBenchmarkData as e:

@@ -127,7 +127,7 @@ class HRMTextLMEval(LM):
         super().__init__()
         from hrm_text.data.tokenizer import parse_condition
         from hrm_text.eval.cli import load_tokenizer_only
-        from hrm_text.infer.loading import load_model
+        from hrm_text.checkpoint.loading import load_model
 
         path = ckpt or pretrained
         if not path:

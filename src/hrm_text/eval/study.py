@@ -319,7 +319,7 @@ def evaluate_run(ckpt: Path, data: StudyData, objective: str, grid_eval: dict[st
     """Held-out loss and exact match per split, EMA weights, greedy."""
     from hrm_text.data.tokenizer import TextTokenizer
     from hrm_text.eval.runner import builtin_items
-    from hrm_text.infer.loading import load_model
+    from hrm_text.checkpoint.loading import load_model
     from hrm_text.train.evaluation import exact_match
 
     limit = int(grid_eval.get("limit", 128))
@@ -447,7 +447,7 @@ def run_study(grid_path: str | Path, out: str | Path, device: str | None = None,
 
     With a time limit, a run predicted (from the runs finished in this call) not to fit the time
     left is not started: a partial run's checkpoint is only useful if the next call finds it."""
-    from hrm_text.train.checkpoint import find_latest
+    from hrm_text.checkpoint.store import find_latest
     from hrm_text.train.trainer import train
 
     t0 = time.perf_counter()

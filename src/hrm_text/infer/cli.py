@@ -34,7 +34,7 @@ def _load(ckpt: Path, device: Optional[str], dtype: Optional[str], raw_weights: 
     import torch
 
     from hrm_text.infer.export import parse_dtype
-    from hrm_text.infer.loading import ModelLoadError, load_model
+    from hrm_text.checkpoint.loading import ModelLoadError, load_model
 
     dev = _device(device)
     try:

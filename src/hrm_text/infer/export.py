@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from hrm_text.data.tokenizer import TextTokenizer
-from hrm_text.infer.loading import LoadedModel, ModelLoadError, is_hf_folder, load_model
+from hrm_text.checkpoint.loading import LoadedModel, ModelLoadError, is_hf_folder, load_model
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -116,7 +116,7 @@ def export_hf(ckpt: str | Path, out: str | Path, raw_weights: bool = False, dtyp
     """
     from hrm_text.model.hf_adapter import save_hf_folder
 
-    from hrm_text.infer.loading import resolve_checkpoint
+    from hrm_text.checkpoint.loading import resolve_checkpoint
 
     # an imported checkpoint has no EMA: take its model weights without the "no EMA" warning
     has_ema = bool(_checkpoint_meta(resolve_checkpoint(ckpt)).get("has_ema", True))
@@ -190,7 +190,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, step: int = 0) -> Path:
     """
     from hrm_text.config import Config
     from hrm_text.model.hf_adapter import HFFormatError, load_hf_folder
-    from hrm_text.train.checkpoint import list_checkpoints, save_checkpoint
+    from hrm_text.checkpoint.store import list_checkpoints, save_checkpoint
 
     src = Path(hf_dir)
     if not src.is_dir():

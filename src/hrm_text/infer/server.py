@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hrm_text.data.tokenizer import TextTokenizer, parse_condition
 from hrm_text.infer.chat import StreamDecoder, decode_fn, fold_messages
 from hrm_text.infer.engine import Engine, Request, Result, SamplingParams
-from hrm_text.infer.loading import LoadedModel
+from hrm_text.checkpoint.loading import LoadedModel
 from hrm_text.infer.textgen import make_engine
 
 log = logging.getLogger(__name__)

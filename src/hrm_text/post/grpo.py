@@ -33,7 +33,7 @@ from hrm_text.infer.engine import Engine, Request, SamplingParams
 from hrm_text.model.lm import HRMTextLM
 from hrm_text.model.lora import adapters_disabled, apply_lora, copy_merged_weights, has_lora
 from hrm_text.post.rewards import SafeReward, load_reward
-from hrm_text.train import checkpoint as ckpt
+from hrm_text.checkpoint import store as ckpt
 from hrm_text.train.metrics import MetricsLogger
 from hrm_text.train.optim import AdamAtan2, ModelEMA
 from hrm_text.train.schedule import lr_at
@@ -126,7 +126,7 @@ def _tokenizer(cfg: Config, init_from: str | None) -> TextTokenizer:
     if cfg.data.tokenizer_dir:
         return TextTokenizer.load(cfg.data.tokenizer_dir)
     if init_from:
-        from hrm_text.infer.loading import resolve_checkpoint
+        from hrm_text.checkpoint.loading import resolve_checkpoint
 
         p = resolve_checkpoint(init_from)
         for cand in (p / "tokenizer", p):

@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from hrm_text.checkpoint.store import clean_param_name
+
 
 def _state_dtype(p: torch.Tensor) -> torch.dtype:
     """Moments in at least float32: bf16/fp16 moments lose the small g^2 terms entirely."""
@@ -174,14 +176,6 @@ def _step_foreach(
         torch._foreach_copy_(params, pw)
 
 
-def _clean_name(name: str) -> str:
-    """Parameter names without wrapper prefixes (torch.compile's `_orig_mod.`, DDP's `module.`),
-    so EMA keys match the model's canonical state-dict keys whatever wraps the model."""
-    for prefix in ("_orig_mod.", "module."):
-        name = name.replace(prefix, "")
-    return name
-
-
 class ModelEMA:
     """Exponential moving average of a model's parameters, in float32, for evaluation and export.
 
@@ -204,13 +198,13 @@ class ModelEMA:
         self.num_updates = 0
         with torch.no_grad():
             self.shadow: dict[str, torch.Tensor] = {
-                _clean_name(n): p.detach().to(torch.float32 if p.dtype != torch.float64 else p.dtype).clone()
+                clean_param_name(n): p.detach().to(torch.float32 if p.dtype != torch.float64 else p.dtype).clone()
                 for n, p in model.named_parameters()
                 if p.requires_grad
             }
 
     def _pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        params = {_clean_name(n): p for n, p in model.named_parameters() if p.requires_grad}
+        params = {clean_param_name(n): p for n, p in model.named_parameters() if p.requires_grad}
         missing = set(self.shadow) - set(params)
         extra = set(params) - set(self.shadow)
         if missing or extra:

@@ -108,7 +108,7 @@ def run_quickstart(out: Path, minutes: float = 6.0, device: str | None = None, s
     result = train(cfg, resume=None)
 
     _echo("[6/6] evaluate (EMA weights)")
-    from hrm_text.infer.loading import load_model
+    from hrm_text.checkpoint.loading import load_model
 
     trained = load_model(result.final_checkpoint, device="cpu").model
     after, items = _exact_match(trained, tok, arith, limit=200)

@@ -23,7 +23,7 @@ from hrm_text.config import Config, ConfigError, config_from_dict
 from hrm_text.data.batch import PackedBatch, apply_objective
 from hrm_text.model.flops import count_params, train_flops_per_token
 from hrm_text.model.lm import HRMTextLM
-from hrm_text.train import checkpoint as ckpt
+from hrm_text.checkpoint import store as ckpt
 from hrm_text.train.distributed import DistInfo, all_reduce_sum, apply_fsdp2, barrier, cleanup, init_distributed
 from hrm_text.train.metrics import MetricsLogger, device_peak_flops
 from hrm_text.train.optim import AdamAtan2, ModelEMA
@@ -96,7 +96,7 @@ def _device(dist: DistInfo) -> torch.device:
 def build_model(cfg: Config, vocab_size: int, device: torch.device, init_from: str | None) -> HRMTextLM:
     """Fresh model (seeded), or weights from `init_from` (our checkpoint or an HF folder) for SFT."""
     if init_from:
-        from hrm_text.infer.loading import load_model, model_config_of
+        from hrm_text.checkpoint.loading import load_model, model_config_of
 
         src_cfg = model_config_of(init_from)
         if src_cfg.vocab_size != vocab_size and src_cfg.padded_vocab_size < vocab_size:

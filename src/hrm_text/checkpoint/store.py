@@ -35,7 +35,7 @@ import time
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Protocol
 
 import numpy as np
 import torch
@@ -48,10 +48,42 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from hrm_text.train.distributed import barrier, get_rank, get_world_size
-from hrm_text.train.optim import ModelEMA, _clean_name
+import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+
+
+class StateHolder(Protocol):
+    """What is saved beside the model and optimizer (the weight EMA): a state dict round trip."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def clean_param_name(name: str) -> str:
+    """Parameter names without wrapper prefixes (torch.compile's `_orig_mod.`, DDP's `module.`),
+    so saved keys match the model's canonical state-dict keys whatever wraps the model."""
+    for prefix in ("_orig_mod.", "module."):
+        name = name.replace(prefix, "")
+    return name
+
+
+# rank helpers on torch.distributed directly (train/distributed.py sits a floor above)
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 CKPT_PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
@@ -256,7 +288,7 @@ def save_checkpoint(
     step: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
-    ema: ModelEMA | None,
+    ema: StateHolder | None,
     loader_state: dict[str, Any] | None,
     config_dict: dict[str, Any],
     tokenizer_dir: str | Path | None,
@@ -366,7 +398,7 @@ def load_checkpoint(
     path: str | Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
-    ema: ModelEMA | None = None,
+    ema: StateHolder | None = None,
 ) -> dict[str, Any]:
     """Restore model (+ optimizer, + EMA) in place for exact resume; every rank must call it.
 
@@ -432,7 +464,7 @@ def load_model_weights(path: str | Path, model: nn.Module, use_ema: bool = True)
     elif use_ema:
         log.warning("checkpoint %s has no EMA weights; loading the raw model weights", path)
     if source == "ema":
-        param_names = {_clean_name(n) for n, p in model.named_parameters() if p.requires_grad}
+        param_names = {clean_param_name(n) for n, p in model.named_parameters() if p.requires_grad}
         state: dict[str, Any] = {
             "model": {k: v for k, v in target.items() if k not in param_names},
             "ema": {f"shadow.{k}": v for k, v in target.items() if k in param_names},

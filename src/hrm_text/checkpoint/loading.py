@@ -17,6 +17,7 @@ import torch
 
 from hrm_text.config import LoraConfig, ModelConfig, config_from_dict
 from hrm_text.data.tokenizer import TextTokenizer
+from hrm_text.checkpoint.store import find_latest, load_model_weights, read_checkpoint_config, verify_checkpoint
 from hrm_text.model.lm import HRMTextLM
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ def is_hf_folder(path: Path) -> bool:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint dir as given, or the newest complete one inside a run directory."""
-    from hrm_text.train.checkpoint import find_latest, verify_checkpoint
 
     p = Path(path)
     if not p.exists():
@@ -71,7 +71,6 @@ def model_config_of(path: str | Path) -> ModelConfig:
         from hrm_text.model.hf_adapter import from_hf_config
 
         return from_hf_config(json.loads((p / "config.json").read_text()))
-    from hrm_text.train.checkpoint import read_checkpoint_config
 
     return config_from_dict(read_checkpoint_config(p)).model
 
@@ -100,7 +99,6 @@ def load_model(
         if (p / "tokenizer.json").is_file():
             tokenizer = TextTokenizer.load(p)
     else:
-        from hrm_text.train.checkpoint import load_model_weights, read_checkpoint_config
 
         full = config_from_dict(read_checkpoint_config(p))
         model = HRMTextLM(full.model, init=False)
