@@ -174,7 +174,7 @@ def serve_cmd(
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="HRM_TEXT_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/* (also from $HRM_TEXT_API_KEY)."),
     max_batch: int = typer.Option(8, "--max-batch", help="Rows decoded together (continuous batching)."),
     max_len: Optional[int] = _MAX_LEN,
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Model id clients pass as 'model' (default: the checkpoint folder name)."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Model id clients pass as 'model' (default: the checkpoint folder name; the alias 'hrm-text' works too)."),
     device: Optional[str] = _DEVICE,
     dtype: Optional[str] = _DTYPE,
     raw_weights: bool = typer.Option(False, "--raw-weights", help="Serve the raw weights instead of the EMA ones."),
@@ -192,7 +192,7 @@ def serve_cmd(
         raise _fail(str(e))
     import uvicorn
 
-    typer.echo(f"serving '{app.state.hrm.model_name}' on http://{host}:{port}/v1 (max batch {max_batch})", err=True)
+    typer.echo(f"serving {' = '.join(repr(m) for m in app.state.hrm.model_ids)} on http://{host}:{port}/v1 (max batch {max_batch})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
