@@ -98,3 +98,22 @@ def test_cli_end_to_end_and_errors(tmp_path):
                  ["tokenize", str(tmp_path / "c/train"), "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "x"), "--default-condition", "cto"]):
         res = r.invoke(app, ["data", *args])
         assert res.exit_code == 2 and res.output.count("error:") == 1 and "Traceback" not in res.output, (args, res.output)
+
+
+def test_tokenize_prints_row_totals_across_files(tmp_path):
+    """Kept and skipped rows, per reason, summed over every file of the output, including files a
+    re-run leaves unchanged."""
+    from test_data_common import tiny_tokenizer, write_jsonl
+
+    tok = tiny_tokenizer(tmp_path)
+    good = {"instruction": "1+1=", "response": "2"}
+    write_jsonl(tmp_path / "src/a.jsonl", [good, "{oops", good, {"instruction": "x", "response": " "}])
+    write_jsonl(tmp_path / "src/b.jsonl", [good, good, good, "[1]", {"response": "y"}])
+    args = ["data", "tokenize", str(tmp_path / "src"), "--tokenizer", str(tok), "--out", str(tmp_path / "tk"), "--workers", "1"]
+    want = "rows across 2 file(s): 5 kept, 4 skipped (1 empty_response, 2 malformed_json, 1 missing_field)"
+    res = CliRunner().invoke(_cli(), args)
+    assert res.exit_code == 0 and want in res.output, res.output
+    write_jsonl(tmp_path / "src/c.jsonl", [good])  # a re-run tokenizes only c.jsonl
+    res = CliRunner().invoke(_cli(), args)
+    assert res.exit_code == 0 and "1 file(s) tokenized" in res.output, res.output
+    assert "rows across 3 file(s): 6 kept, 4 skipped (1 empty_response, 2 malformed_json, 1 missing_field)" in res.output

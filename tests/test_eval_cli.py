@@ -33,7 +33,49 @@ def test_eval_builtin_writes_json_and_markdown(runner: CliRunner, trained_tiny: 
     assert meta["device"] == "cpu" and meta["dtype"] == "float32"
     md = (out / "results.md").read_text()
     assert md.startswith("| benchmark |") and "builtin" in md
-    assert "| benchmark |" in r.output  # the table is printed too
+    assert "item-weighted exact match" in r.output and "unweighted group mean" in r.output  # printed too
+
+
+def test_eval_builtin_prints_split_table_and_writes_beside_the_run(
+        runner: CliRunner, trained_tiny: Path, tiny_data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per held-out file: n, item-weighted exact, groups, unweighted group mean; the `all` row has
+    both averages and they are the ones recomputed from the items. Without --out the results land
+    in RUN/eval/<step>-builtin, nothing in the current directory."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_tiny.parent, run)
+    heldout = tmp_path / "corpus" / "heldout"
+    heldout.mkdir(parents=True)
+    rows = [json.loads(line) for line in tiny_data["heldout"].read_text().splitlines()]
+    (heldout / "arith_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
+    mods = [dict(r, module=f"m{i % 3}") for i, r in enumerate(rows[6:10])]  # groups of 2, 1, 1 items
+    (heldout / "dm_math_interpolate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mods))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    r = runner.invoke(app, ["eval", str(run), "--suite", "builtin", "--corpus", str(tmp_path / "corpus"),
+                            "--batch-size", "4", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    out = run / "eval" / f"{trained_tiny.name}-builtin"
+    assert (out / "results.json").is_file() and (out / "results.md").is_file()
+    assert list(cwd.iterdir()) == []
+    items = json.loads((out / "results.json").read_text())["items"]
+    ex = {i["id"]: i["scores"]["exact"] for i in items}
+    groups: dict[str, list[float]] = {}
+    for i in items:
+        groups.setdefault(i["group"], []).append(i["scores"]["exact"])
+    want_items = 100 * sum(ex.values()) / len(ex)
+    want_groups = sum(100 * sum(v) / len(v) for v in groups.values()) / len(groups)
+    assert len(groups) == 4
+    lines = {ln.split()[0]: ln.split() for ln in r.output.splitlines() if ln.split()}
+    assert lines["arith_test"][1] == "6" and lines["dm_math_interpolate"][1] == "4" and lines["dm_math_interpolate"][3] == "3"
+    assert lines["all"][1:5] == ["10", f"{want_items:.1f}%", "4", f"{want_groups:.1f}%"]
+    assert f"item-weighted exact match (every item counts once):            {want_items:.1f}%" in r.output
+    assert f"unweighted group mean (each of 4 groups counts once; headline): {want_groups:.1f}%" in r.output
+    data = json.loads((out / "results.json").read_text())
+    assert data["benchmarks"]["builtin"]["metrics"]["exact"] == pytest.approx(want_groups)
+    assert "item-weighted exact match" in (out / "results.md").read_text()
 
 
 def test_eval_builtin_matches_direct_generation(runner: CliRunner, trained_tiny: Path, tiny_data: dict, tmp_path: Path) -> None:
@@ -73,6 +115,28 @@ def test_eval_paper_offline_without_files_exits_2(runner: CliRunner, trained_tin
         assert folder in msg and fname in msg, (folder, fname, msg)
     assert str(empty) in msg
     assert not (tmp_path / "o").exists()
+
+
+def test_builtin_split_rows_weights_items_and_groups_differently() -> None:
+    """Split a: groups g1 (3 items, all right) and g2 (1 item, wrong); split b: 1 group of 2, one
+    right. Item-weighted: 4/6; group mean over the 3 groups: (100 + 0 + 50) / 3."""
+    from hrm_text.eval.report import builtin_split_rows, builtin_split_table
+    from hrm_text.eval.runner import ItemResult, SuiteResult, aggregate
+
+    def it(split: str, k: int, group: str, ok: bool) -> ItemResult:
+        return ItemResult("builtin", f"{split}:{k}", group, "", {"exact": float(ok)})
+
+    items = [it("a", 0, "a/g1", True), it("a", 1, "a/g1", True), it("a", 2, "a/g1", True), it("a", 3, "a/g2", False),
+             it("b", 0, "b", True), it("b", 1, "b", False)]
+    res = SuiteResult(benchmarks=aggregate(items), items=items)
+    rows = {r["split"]: r for r in builtin_split_rows(res)}
+    assert rows["a"] == {"split": "a", "n": 4, "items_exact": 75.0, "groups": 2, "group_mean": 50.0}
+    assert rows["b"] == {"split": "b", "n": 2, "items_exact": 50.0, "groups": 1, "group_mean": 50.0}
+    assert rows["all"]["items_exact"] == pytest.approx(400 / 6) and rows["all"]["group_mean"] == pytest.approx(50.0)
+    assert res.benchmarks["builtin"].score == pytest.approx(rows["all"]["group_mean"])  # the headline
+    table = builtin_split_table(res)
+    assert "item-weighted exact match (every item counts once):            66.7%" in table
+    assert "unweighted group mean (each of 3 groups counts once; headline): 50.0%" in table
 
 
 def test_eval_builtin_without_corpus_exits_2(runner: CliRunner, trained_tiny: Path) -> None:

@@ -236,6 +236,50 @@ def test_hrm_text_lm_eval_wrapper_runs_lm_eval_cli(trained_tiny: Path, tmp_path:
     assert 0.0 <= res["acc,none"] <= 1.0
 
 
+def test_readme_command_with_lm_eval_defaults_runs_on_cpu(trained_tiny: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's `lm_eval --model hrm_text --model_args ckpt=RUN --tasks T`, nothing else: lm-eval
+    then passes its own defaults (device `cuda:0`, batch_size 1). Without CUDA the backend must run
+    on the CPU and say so, not stop on "Torch not compiled with CUDA enabled"."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from hrm_text.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU machine, also on a GPU host
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    tasks = _write_tasks(tmp_path)
+    seen: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("lm_eval.models.hrm_text")
+    handler = _Keep(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        r = CliRunner().invoke(app, ["lm-eval", "--model", "hrm_text", "--model_args", f"ckpt={trained_tiny}",
+                                     "--tasks", "hrm_tiny_mc", "--include_path", str(tasks)])
+    finally:
+        logger.removeHandler(handler)
+    assert r.exit_code == 0, f"{r.output}\n{r.exception!r}"
+    assert any("cuda:0 requested but CUDA is not available; using cpu" in m for m in seen), seen
+    assert any(m.endswith("on cpu (float32)") for m in seen), seen
+
+
+def test_device_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hrm_text.eval.lm_eval_adapter import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert [resolve_device(d) for d in (None, "", "cuda", "cuda:0", "cpu")] == ["cpu"] * 5
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert [resolve_device(d) for d in (None, "cuda:1", "cpu")] == ["cuda", "cuda:1", "cpu"]
+
+
 # ---------------------------------------------------------------------------------------------
 # the bare `lm_eval` command (no `hrm-text` wrapper, no import of ours): the start-up hook
 

@@ -35,6 +35,27 @@ def test_generate_prints_the_engine_answer(trained_tiny, expected):
     assert res.exit_code == 0 and res.stdout == expected("12+30=", "cot") + "\n"
 
 
+def test_generate_json_and_ids(trained_tiny, expected):
+    """`--json` gives what scripts need (ids, text, finish reason) and agrees with the engine;
+    `--ids` prints the same ids; decoding the ids gives the text."""
+    import json
+
+    res = runner.invoke(app, ["generate", str(trained_tiny), "12+30=", "-n", "8", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert set(out) == {"prompt", "condition", "prompt_ids", "ids", "text", "finish_reason"}
+    assert out["text"] == expected("12+30=") and out["prompt"] == "12+30=" and out["condition"] == "direct"
+    assert out["finish_reason"] in ("stop", "length") and all(isinstance(i, int) for i in out["ids"])
+    tok = load_model(trained_tiny).tokenizer
+    assert out["prompt_ids"] == tok.encode_prompt("12+30=", "direct")
+    assert tok.decode(out["ids"], skip_special_tokens=True) == out["text"]
+    assert out["finish_reason"] == ("length" if len(out["ids"]) == 8 else "stop")
+    res = runner.invoke(app, ["generate", str(trained_tiny), "12+30=", "-n", "8", "--ids"])
+    assert res.exit_code == 0 and res.stdout == " ".join(map(str, out["ids"])) + "\n"
+    res = runner.invoke(app, ["generate", str(trained_tiny), "12+30=", "--ids", "--json"])
+    assert res.exit_code == 2 and "one of --json and --ids" in res.output
+
+
 def test_generate_sampling_is_seeded(trained_tiny):
     args = ["generate", str(trained_tiny), "5+5=", "-n", "6", "--temperature", "1.5", "--top-k", "50", "--top-p", "0.9", "--seed", "7"]
     a, b = runner.invoke(app, args), runner.invoke(app, args)

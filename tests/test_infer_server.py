@@ -65,7 +65,24 @@ def healthy(server) -> None:
 def test_models_and_health(server):
     healthy(server)
     models = client(server).models.list()
-    assert [m.id for m in models.data] == [MODEL]
+    assert [m.id for m in models.data] == [MODEL, "hrm-text"]  # its name and the stable alias
+    assert client(server).models.retrieve("hrm-text").id == "hrm-text"
+
+
+def test_stable_alias_serves_the_same_model(server, trained_tiny):
+    """`model="hrm-text"` (the usual client call) reaches the served model; other names stay 404."""
+    c = client(server)
+    r = c.completions.create(model="hrm-text", prompt=QUESTIONS[0], max_tokens=N)
+    assert r.choices[0].text == server["expected"][QUESTIONS[0]]
+    r = c.chat.completions.create(model="hrm-text", messages=[{"role": "user", "content": QUESTIONS[1]}], max_tokens=N)
+    assert r.choices[0].message.content == server["expected"][QUESTIONS[1]]
+    with pytest.raises(openai.NotFoundError, match="serves 'tiny-test' and 'hrm-text'"):
+        c.completions.create(model="hrm-text-2", prompt="1+1=", max_tokens=2)
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("gpt-4")
+    # without --model-name the id is the checkpoint's run/step folder, and the alias comes with it
+    app = create_app(load_model(trained_tiny))
+    assert app.state.hrm.model_ids == [f"{trained_tiny.parent.name}/{trained_tiny.name}", "hrm-text"]
 
 
 def test_completion_equals_engine(server):

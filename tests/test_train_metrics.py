@@ -131,3 +131,27 @@ def test_format_duration():
     assert format_duration(5) == "0:05"
     assert format_duration(3725) == "1:02:05"
     assert format_duration(float("inf")) == "?"
+
+
+def test_bar_moves_every_step_with_rate_and_eta(tmp_path):
+    """With log_every=10 the bar still advances after each step, showing tokens/s and an ETA, and
+    writes no metric records between logs."""
+    clock = FakeClock()
+    lg = MetricsLogger(tmp_path, total_steps=20, price_per_gpu_hour=0.0, num_gpus=1, peak_flops=1e12,
+                       tensorboard=False, progress=True, clock=clock)
+    for step in (1, 2, 3):
+        clock.t += 2.0  # 2 s per step, 1,000 tokens each
+        lg.step_done(step, tokens=1000, loss=3.0 - step / 10)
+        assert lg._bar.n == step
+    text = lg._bar.postfix
+    assert "500 tok/s" in text and "loss 2.7000" in text
+    assert "ETA 0:34" in text  # 17 steps left at 2 s
+    clock.t += 2.0
+    lg.step_done(4, tokens=1000, loss=2.6)
+    lg.log_train(4, loss=2.6, accuracy=0.5, tokens=4000, flops=1e12)  # the periodic log keeps n at 4
+    assert lg._bar.n == 4
+    clock.t += 2.0
+    lg.step_done(5, tokens=1000, loss=2.5)
+    assert "last log: loss 2.6000" in lg._bar.postfix
+    lg.close()
+    assert [r["step"] for r in read(tmp_path / "metrics.jsonl")] == [4]

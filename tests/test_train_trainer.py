@@ -25,8 +25,14 @@ from pathlib import Path
 DRIVER = str(Path(__file__).with_name("train_driver.py"))
 
 
+def _env():
+    """The subprocess imports the same hrm_text as this process (a PYTHONPATH=src run included)."""
+    path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
 def _run(args, env_extra=None, check=True):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    env = _env()
     env.update(env_extra or {})
     p = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600)
     if check and p.returncode != 0:
@@ -147,3 +153,90 @@ def test_eval_during_training_logs_heldout_loss_and_exact_match(tiny_data, tmp_p
         assert 0 < e["heldout_loss"] < 10 and 0 <= e["exact_match"] <= 100
     recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/heldout_loss" in r for r in recs) and any("eval/exact_match" in r for r in recs)
+
+
+def test_sigterm_mid_long_step_exits_fast_and_resumes_exactly(tiny_data, tmp_path):
+    """A step of 96 micro-steps (several seconds on CPU) and a SIGTERM early in step 3: the run
+    must not finish the step (spot notice can be shorter than a step), but drop it, save step 2
+    and exit 0 within a fraction of the step time; the resume then replays step 3 bit-exactly."""
+    import signal
+    import time
+
+    extra = {"train.log_every": 1, "train.ckpt_every": 0, "train.global_batch_tokens": 256 * 96}
+    full = tmp_path / "full"
+    _run([DRIVER, "0", "KILL", "--", *tiny_train_overrides(tiny_data, full, 4, **extra)])
+    want = _losses(full)
+    run = tmp_path / "run"
+    over = tiny_train_overrides(tiny_data, run, 4, **extra)
+    env = _env()
+    p = subprocess.Popen([sys.executable, DRIVER, "0", "KILL", "--", *over], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while 2 not in (_losses(run) if (run / "metrics.jsonl").is_file() else {}):
+            assert p.poll() is None and time.monotonic() < deadline, "step 2 never finished"
+            time.sleep(0.02)
+        recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+        step_s = next(r["train/step_time_s"] for r in recs if r["step"] == 2)
+        time.sleep(0.1 * step_s)  # early in step 3
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=300)
+        exit_s = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err[-2000:]
+    assert "interrupted=True" in out and "dropped the step in progress" in err
+    assert (run / "step_000002" / "COMPLETE").is_file() and not (run / "step_000003").exists()
+    print(f"SIGTERM: exit after {exit_s:.2f} s, step time {step_s:.2f} s")
+    assert exit_s < 0.5 * step_s, (exit_s, step_s)  # finishing the step would take ~0.9 step_s
+    _run([DRIVER, "0", "KILL", "--", *over])
+    assert _losses(run) == want  # bitwise, steps 1-4
+
+
+def _cfg(tiny_data, out, steps, drop=(), **extra):
+    over = [o for o in tiny_train_overrides(tiny_data, out, steps, **extra) if not o.startswith(tuple(drop))]
+    return load_config(None, over)
+
+
+def test_cpu_default_batch_when_unset_and_start_line(tiny_data, tmp_path, caplog):
+    """Neither batch key set: a CPU run uses 2,048-token rows, no accumulation, and says so before
+    the first step; explicit values are kept as given."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="hrm_text.train.trainer")
+    unset = ("train.global_batch_tokens", "data.tokens_per_rank")
+    cfg = _cfg(tiny_data, tmp_path / "a", 2, drop=unset)
+    train(cfg, resume=None, progress=False)
+    assert (cfg.data.tokens_per_rank, cfg.train.global_batch_tokens) == (2048, 2048)
+    line = next(r.getMessage() for r in caplog.records if "batch:" in r.getMessage())
+    assert "batch: 2,048 tokens per optimizer step = 1 process(es) x 1 micro-step(s) of accumulation x 2,048-token rows" in line
+    assert "CPU default for preset tiny" in line and "196,608" in line and "steps per epoch, 2 steps in this run" in line
+    saved = json.loads((tmp_path / "a" / "step_000002" / "config.json").read_text())
+    assert saved["train"]["global_batch_tokens"] == 2048 and "set_keys" not in saved
+    caplog.clear()
+    cfg = _cfg(tiny_data, tmp_path / "b", 1)  # both set (512 = 2 x 256): untouched
+    train(cfg, resume=None, progress=False)
+    assert (cfg.data.tokens_per_rank, cfg.train.global_batch_tokens) == (256, 512)
+    line = next(r.getMessage() for r in caplog.records if "batch:" in r.getMessage())
+    assert "512 tokens per optimizer step = 1 process(es) x 2 micro-step(s)" in line and "as configured" in line
+
+
+def test_resume_after_batch_change_names_the_setting_and_fresh_data_works(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(tiny_data, run, 2), resume=None, progress=False)  # 512-token batch
+    with pytest.raises(ConfigError) as e:
+        train(_cfg(tiny_data, run, 4, **{"train.global_batch_tokens": 1024}), resume="auto", progress=False)
+    msg = str(e.value)
+    assert "train.global_batch_tokens 512 -> 1,024" in msg and "world_size" not in msg
+    assert "train.global_batch_tokens=512" in msg and "--resume-data fresh" in msg
+    res = train(_cfg(tiny_data, run, 4, **{"train.global_batch_tokens": 1024}), resume="auto", progress=False,
+                resume_data="fresh")
+    assert res.steps == 4 and len(res.losses) == 2
+
+
+def test_bar_advances_every_step(tiny_data, tmp_path, capsys):
+    train(_cfg(tiny_data, tmp_path, 3, **{"train.log_every": 100}), resume=None, progress=True)
+    err = capsys.readouterr().err
+    assert "1/3" in err and "2/3" in err and "tok/s" in err and "ETA" in err

@@ -261,6 +261,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # `section.key`s given in the YAML or as overrides (load_config fills it; None: unknown, treat
+    # every key as set). Lets device-dependent defaults (train/batching.py) leave user choices alone.
+    set_keys: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     rl: RLConfig = field(default_factory=RLConfig)
 
@@ -271,7 +274,9 @@ class Config:
         self.rl.validate()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d.pop("set_keys")
+        return d
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,6 +414,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         train=_build(TrainConfig, dict(raw.get("train") or {}), "train"),
         eval=_build(EvalConfig, dict(raw.get("eval") or {}), "eval"),
         rl=_build(RLConfig, dict(raw.get("rl") or {}), "rl"),
+        set_keys=frozenset(f"{sec}.{k}" for sec, vals in raw.items() if isinstance(vals, dict) for k in vals),
     )
     cfg.validate()
     return cfg

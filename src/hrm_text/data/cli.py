@@ -104,6 +104,7 @@ def tokenize_cmd(
     except ValueError as e:
         raise _fail(str(e))
     paths: list[str] = []
+    ds_skipped: dict[str, int] = {}  # rows a `datasets` export dropped: they never reach a file
     for s in srcs:
         p = Path(s)
         is_ds = s.startswith("hf:") or (p.is_dir() and any((p / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")))
@@ -122,6 +123,8 @@ def tokenize_cmd(
                 raise _fail(f"{s}: {e}")
             if rep.num_skipped:
                 typer.secho(rep.summary(), fg=typer.colors.YELLOW, err=True)
+            for reason, n in rep.skipped.items():
+                ds_skipped[reason] = ds_skipped.get(reason, 0) + n
             paths.append(str(dst))
         elif not p.exists():
             raise _fail(f"{s} does not exist")
@@ -159,6 +162,17 @@ def tokenize_cmd(
         f"{len(res['tokenized'])} file(s) tokenized ({res['tokens']:,} tokens, {tps:,.0f} tokens/s), "
         f"{res['skipped_unchanged']} unchanged, {len(res['removed_orphans'])} orphan(s) removed -> {out}"
     )
+    typer.echo(row_totals_line(res["entries"], res["rows_kept"], res["rows_skipped"], ds_skipped))
+
+
+def row_totals_line(n_files: int, kept: int, skipped: dict[str, int], extra_skipped: dict[str, int] | None = None) -> str:
+    """`rows across N file(s): K kept, S skipped (n reason, ...)`, reasons in alphabetical order."""
+    total = dict(skipped)
+    for reason, n in (extra_skipped or {}).items():
+        total[reason] = total.get(reason, 0) + n
+    n_skip = sum(total.values())
+    why = f" ({', '.join(f'{n:,} {r}' for r, n in sorted(total.items()) if n)})" if n_skip else ""
+    return f"rows across {n_files} file(s): {kept:,} kept, {n_skip:,} skipped{why}"
 
 
 @data_app.command("sample")

@@ -179,7 +179,9 @@ def _iter_jsonl_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
             if not raw.strip():
                 continue
             try:
-                text = raw.decode("utf-8")
+                # utf-8-sig: a byte-order mark (Windows editors, PowerShell) at the start of the
+                # file, or of a file concatenated into this one, is not part of the JSON
+                text = raw.decode("utf-8-sig")
             except UnicodeDecodeError:
                 yield i, None, "invalid_utf8"
                 continue

@@ -326,8 +326,15 @@ def tokenize_sources(
                 for fu in futs:
                     fu.cancel()
                 raise
+    # totals over every entry of the output (unchanged ones from the manifest), not only this run's
+    skipped: dict[str, int] = {}
+    for e in entries.values():
+        for reason, n in (e.get("skipped") or {}).items():
+            skipped[reason] = skipped.get(reason, 0) + int(n)
     return {
         "entries": len(entries),
+        "rows_kept": sum(int(e.get("rows", 0)) for e in entries.values()),
+        "rows_skipped": dict(sorted(skipped.items())),
         "tokenized": [n for n, _, _ in todo],
         "skipped_unchanged": len(sources) - len(todo),
         "removed_orphans": removed,

@@ -98,7 +98,7 @@ def _iter_texts(files_or_texts: Iterable[str | os.PathLike] | str | os.PathLike)
 
         for f in iter_source_files([p]):
             if f.suffix in (".txt", ".md"):
-                with open(f, encoding="utf-8", errors="replace") as fh:
+                with open(f, encoding="utf-8-sig", errors="replace") as fh:  # -sig: a leading BOM is no text
                     for line in fh:
                         yield line
                 continue

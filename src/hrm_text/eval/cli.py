@@ -6,7 +6,9 @@ What the command does, in order (so that cheap failures come before the expensiv
   2. load the model with its EMA weights (SPEC section 5: evaluation uses the EMA weights);
   3. greedy generation through the inference engine, one engine context at a time: each item carries
      the paper's context (3072, 4096 for multiple choice) and its own answer budget;
-  4. score, write `<out>/results.json` and `<out>/results.md`, print the table.
+  4. score, write `<out>/results.json` and `<out>/results.md` (default out: RUN/eval/<step>-<suite>),
+     print the table (builtin: one row per held-out file with the item-weighted and the unweighted
+     group mean, both named).
 
 `hrm-text lm-eval ...` runs lm-evaluation-harness's own CLI with our `hrm_text` backend registered
 (see `hrm_text.eval.lm_eval_adapter`).
@@ -132,7 +134,7 @@ def eval_cmd(
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts per engine call (also the engine's batch rows)."),
     context: Optional[int] = typer.Option(None, "--context", help="Context for every item. Default: the paper's (3072; 4096 for multiple choice), capped by the model's max_seq_len."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Cap on each item's answer budget (paper: 2048 CoT, 64 DROP, 8 letter)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder for results.json and results.md (default: eval/<ckpt>-<suite>)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder for results.json and results.md (default: RUN/eval/<step>-<suite> next to the checkpoint; for a transformers folder, FOLDER/eval/<suite>)."),
     compare: Optional[list[str]] = typer.Option(None, "--compare", help="'paper', 'paper:all' or a results JSON (repeatable)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
@@ -202,9 +204,9 @@ def eval_cmd(
         _echo_err(f"error: {e}")
         raise typer.Exit(2)
     result.meta["seconds"] = round(time.time() - t0, 1)
-    from hrm_text.eval.report import load_reference, markdown_table, write_report
+    from hrm_text.eval.report import builtin_split_table, load_reference, markdown_table, write_report
 
-    out_dir = out or Path("eval") / f"{loaded.path.name}-{suite}"
+    out_dir = out or default_out_dir(loaded.path, loaded.source, suite)
     try:
         json_path, md_path = write_report(result, out_dir, compare=list(compare or []), groups=True)
         refs: dict[str, dict[str, float]] = {}
@@ -213,8 +215,20 @@ def eval_cmd(
     except (FileNotFoundError, ValueError) as e:
         _echo_err(f"error: {e}")
         raise typer.Exit(2)
-    typer.echo(markdown_table(result, refs, groups=False), nl=False)
+    if suite == "builtin" and not refs:
+        typer.echo(builtin_split_table(result), nl=False)
+    else:
+        typer.echo(markdown_table(result, refs, groups=False), nl=False)
     typer.echo(f"wrote {json_path} and {md_path} ({result.meta['seconds']} s)")
+
+
+def default_out_dir(model_path: Path, source: str, suite: str) -> Path:
+    """Where results go without --out: beside the checkpoint in its run folder
+    (`RUN/eval/step_000100-builtin`), or inside a transformers folder (`FOLDER/eval/builtin`),
+    never the current directory, so two runs' results cannot overwrite each other."""
+    if source.startswith("checkpoint"):
+        return model_path.parent / "eval" / f"{model_path.name}-{suite}"
+    return model_path / "eval" / suite
 
 
 def _progress() -> Callable[[int, int], None]:

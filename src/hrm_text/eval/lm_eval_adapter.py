@@ -55,9 +55,11 @@ from lm_eval.api.registry import register_model
 
 from hrm_text.data.batch import IGNORE_INDEX, pack_rows
 
-log = logging.getLogger(__name__)
+# a child of lm-eval's logger: lm-eval's CLI gives only "lm_eval" a handler (INFO by default), so
+# the device/checkpoint line shows up next to lm-eval's own and follows its --verbosity
+log = logging.getLogger("lm_eval.models.hrm_text")
 
-__all__ = ["HRMTextLMEval", "ScoreRequest", "run_lm_eval_cli"]
+__all__ = ["HRMTextLMEval", "ScoreRequest", "resolve_device", "run_lm_eval_cli"]
 
 
 def _as_bool(v: Any) -> bool:
@@ -97,6 +99,19 @@ def _pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+def resolve_device(requested: str | None) -> str:
+    """The device to run on: `requested`, except that a CUDA device on a machine without CUDA
+    becomes the CPU (with a warning). lm-eval's CLI always passes its own default `cuda:0`, so a
+    bare `lm_eval --model hrm_text ...` on a CPU machine must not fail on it; any other device
+    (`cpu`, `mps`, a CUDA device where CUDA exists) is used as given."""
+    if not requested:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(requested).startswith("cuda") and not torch.cuda.is_available():
+        log.warning("hrm_text backend: device %s requested but CUDA is not available; using cpu", requested)
+        return "cpu"
+    return str(requested)
+
+
 @register_model("hrm_text")
 class HRMTextLMEval(LM):
     """lm-eval `LM` over an HRM-Text checkpoint (EMA weights), our tokenizer layout and our engine.
@@ -134,7 +149,7 @@ class HRMTextLMEval(LM):
             raise ValueError("model_args needs ckpt=PATH (a checkpoint, run dir or transformers hrm_text folder)")
         if kwargs:
             log.warning("hrm_text backend ignores unknown model_args: %s", sorted(kwargs))
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dev = resolve_device(device)
         if dtype == "auto":
             tdtype = torch.bfloat16 if str(dev).startswith("cuda") else torch.float32
         else:
@@ -147,6 +162,7 @@ class HRMTextLMEval(LM):
         else:
             self.tok = loaded.tokenizer
         self.source = f"{loaded.path} ({loaded.source})"
+        log.info("hrm_text backend: %s on %s (%s)", self.source, dev, str(tdtype).removeprefix("torch."))
         self._device = torch.device(dev)
         parse_condition(condition)  # fail early on an unknown tag
         self.condition = condition

@@ -29,6 +29,8 @@ __all__ = [
     "load_results",
     "load_reference",
     "markdown_table",
+    "builtin_split_rows",
+    "builtin_split_table",
     "write_report",
     "main",
 ]
@@ -143,6 +145,8 @@ def markdown_table(
     for name in names:
         b = result.benchmarks[name]
         metric = b.primary + (f" (em {b.metrics['em']:.1f})" if "em" in b.metrics and b.primary != "em" else "")
+        if name == "builtin" and b.groups:  # a macro average: say so, it is not the share of items
+            metric += f" (unweighted mean of {len(b.groups)} groups)"
         add(_display(name), metric, str(b.n), b.score, [compare[r].get(name) for r in ref_names])
         if groups:
             for g, gm in b.groups.items():
@@ -155,6 +159,54 @@ def markdown_table(
             vals = [compare[r].get(p) for p in PAPER_BENCHMARKS]
             refs.append(None if any(v is None for v in vals) else sum(vals) / len(vals))  # type: ignore[arg-type]
         add("Average (8)", "", "", ours, refs)
+    return "\n".join(lines) + "\n"
+
+
+def builtin_split_rows(result: SuiteResult) -> list[dict[str, Any]]:
+    """Per held-out file ("split") of the built-in suite: items, item-weighted exact match, number
+    of groups (modules) and the unweighted mean over them; then an `all` row.
+
+    Two averages because they answer different questions and can differ by tens of points: the
+    item-weighted one is "what fraction of the questions is right", the unweighted group mean (the
+    suite's headline, so a large module cannot hide a failing small one) is "how good is it on a
+    typical module". Splits come from the item ids (`<file>:<row>`)."""
+    items = [i for i in result.items if i.benchmark == "builtin"]
+    by_split: dict[str, list[Any]] = {}
+    for it in items:
+        by_split.setdefault(it.id.rsplit(":", 1)[0], []).append(it)
+
+    def row(name: str, its: list[Any]) -> dict[str, Any]:
+        by_group: dict[str, list[float]] = {}
+        for it in its:
+            by_group.setdefault(it.group or name, []).append(float(it.scores.get("exact", 0.0)))
+        group_means = [100.0 * sum(v) / len(v) for v in by_group.values()]
+        return {"split": name, "n": len(its),
+                "items_exact": 100.0 * sum(float(i.scores.get("exact", 0.0)) for i in its) / len(its),
+                "groups": len(by_group), "group_mean": sum(group_means) / len(group_means)}
+
+    rows = [row(name, its) for name, its in by_split.items()]
+    if items:
+        rows.append(row("all", items))
+    return rows
+
+
+def builtin_split_table(result: SuiteResult) -> str:
+    """The built-in suite as a short terminal table (see `builtin_split_rows`), both averages named."""
+    rows = builtin_split_rows(result)
+    if not rows:
+        return ""
+    width = max(len("split"), *(len(r["split"]) for r in rows))
+    head = f"{'split':<{width}}  {'n':>6}  {'exact (items)':>13}  {'groups':>6}  {'exact (group mean)':>18}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r["split"] == "all":
+            lines.append("-" * len(head))
+        lines.append(f"{r['split']:<{width}}  {r['n']:>6}  {r['items_exact']:>12.1f}%  {r['groups']:>6}  "
+                     f"{r['group_mean']:>17.1f}%")
+    total = rows[-1]
+    lines.append(f"item-weighted exact match (every item counts once):            {total['items_exact']:.1f}%")
+    lines.append(f"unweighted group mean (each of {total['groups']} groups counts once; headline): "
+                 f"{total['group_mean']:.1f}%")
     return "\n".join(lines) + "\n"
 
 
@@ -172,7 +224,10 @@ def write_report(
     for spec in compare:
         refs.update(load_reference(spec))
     md_path = out / f"{stem}.md"
-    md_path.write_text(markdown_table(result, refs, groups=groups), encoding="utf-8")
+    text = markdown_table(result, refs, groups=groups)
+    if "builtin" in result.benchmarks:  # the per-split view with both averages, as printed
+        text += "\n```\n" + builtin_split_table(result) + "```\n"
+    md_path.write_text(text, encoding="utf-8")
     return json_path, md_path
 
 

@@ -7,6 +7,7 @@ people make at the terminal, and a traceback hides the one line that matters.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -97,11 +98,16 @@ def generate_cmd(
     max_len: Optional[int] = _MAX_LEN,
     raw_weights: bool = typer.Option(False, "--raw-weights", help="Use the raw weights instead of the EMA ones."),
     stream: bool = typer.Option(True, help="Print tokens as they are produced."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the text: prompt, condition, prompt_ids, ids (generated tokens, the final <eoa> excluded), text, finish_reason (stop|length)."),
+    ids_only: bool = typer.Option(False, "--ids", help="Print the generated token ids (space-separated) instead of the text."),
 ) -> None:
-    """Answer one prompt and print the response (streamed) to stdout."""
+    """Answer one prompt and print the response (streamed) to stdout; --json or --ids for scripts."""
     from hrm_text.infer.chat import generate_one
     from hrm_text.infer.textgen import make_engine
 
+    if as_json and ids_only:
+        raise _fail("--json already holds the ids; pass one of --json and --ids")
+    stream = stream and not (as_json or ids_only)
     cond = _check_condition(condition)
     params = _params(max_tokens, temperature, top_p, top_k, seed, stop)
     loaded = _load(ckpt, device, dtype, raw_weights)
@@ -115,7 +121,13 @@ def generate_cmd(
         res = generate_one(engine, loaded.tokenizer, prompt, cond, params, on_text=out if stream else None)
     except ValueError as e:
         raise _fail(str(e))
-    if not stream:
+    if as_json:
+        sys.stdout.write(json.dumps({"prompt": prompt, "condition": cond, "prompt_ids": res.prompt_ids,
+                                     "ids": res.token_ids, "text": res.text or "",
+                                     "finish_reason": res.finish_reason}, ensure_ascii=False))
+    elif ids_only:
+        sys.stdout.write(" ".join(map(str, res.token_ids)))
+    elif not stream:
         sys.stdout.write(res.text or "")
     sys.stdout.write("\n")
 
@@ -162,7 +174,7 @@ def serve_cmd(
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="HRM_TEXT_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/* (also from $HRM_TEXT_API_KEY)."),
     max_batch: int = typer.Option(8, "--max-batch", help="Rows decoded together (continuous batching)."),
     max_len: Optional[int] = _MAX_LEN,
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Model id clients pass as 'model' (default: the checkpoint folder name)."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Model id clients pass as 'model' (default: the checkpoint folder name; the alias 'hrm-text' works too)."),
     device: Optional[str] = _DEVICE,
     dtype: Optional[str] = _DTYPE,
     raw_weights: bool = typer.Option(False, "--raw-weights", help="Serve the raw weights instead of the EMA ones."),
@@ -180,7 +192,7 @@ def serve_cmd(
         raise _fail(str(e))
     import uvicorn
 
-    typer.echo(f"serving '{app.state.hrm.model_name}' on http://{host}:{port}/v1 (max batch {max_batch})", err=True)
+    typer.echo(f"serving {' = '.join(repr(m) for m in app.state.hrm.model_ids)} on http://{host}:{port}/v1 (max batch {max_batch})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

@@ -52,6 +52,9 @@ DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 DEFAULT_CHAT_TOKENS = 256
 MAX_STOP_STRINGS = 4
 MAX_PROMPTS = 64
+# a stable id every server answers to besides its own name, so client code written as
+# `model="hrm-text"` works whatever checkpoint folder is served
+DEFAULT_MODEL_ALIAS = "hrm-text"
 
 
 class APIError(Exception):
@@ -227,6 +230,7 @@ class ServerState:
         self.engine = make_engine(loaded.model, self.tok, max_batch=max_batch, max_len=max_len)
         self.worker = EngineWorker(self.engine)
         self.model_name = model_name
+        self.model_ids = [model_name] + ([DEFAULT_MODEL_ALIAS] if model_name != DEFAULT_MODEL_ALIAS else [])
         self.api_key = api_key
         self.max_len = self.engine.max_len
         self.max_tokens_limit = min(max_tokens_limit or self.max_len, self.max_len)
@@ -237,8 +241,9 @@ class ServerState:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise APIError(400, "'model' is required (see GET /v1/models)", "model", "missing_model")
-        if model != self.model_name:
-            raise APIError(404, f"The model '{model}' does not exist; this server serves '{self.model_name}'",
+        if model not in self.model_ids:
+            raise APIError(404, f"The model '{model}' does not exist; this server serves "
+                                f"{' and '.join(repr(m) for m in self.model_ids)} (the same model)",
                            "model", "model_not_found")
         cond = body.get("condition", "direct")
         if cond is None:
@@ -313,7 +318,8 @@ def create_app(
 ) -> FastAPI:
     """Build the FastAPI app serving `loaded` (the engine thread starts with the app's lifespan).
 
-    `model_name` is the id clients pass as `model` (default: the checkpoint folder's name);
+    `model_name` is the id clients pass as `model` (default: the checkpoint folder's name); the
+    alias `hrm-text` (DEFAULT_MODEL_ALIAS) names the same model;
     `api_key` enables `Authorization: Bearer <key>` on /v1/*; `max_tokens_limit` caps max_tokens
     (default and upper bound: the context length).
     """
@@ -367,13 +373,13 @@ def create_app(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(state)]}
+        return {"object": "list", "data": [_model_card(state, m) for m in state.model_ids]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict[str, Any]:
-        if model_id != state.model_name:
+        if model_id not in state.model_ids:
             raise APIError(404, f"The model '{model_id}' does not exist", "model", "model_not_found")
-        return _model_card(state)
+        return _model_card(state, model_id)
 
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest) -> Any:
@@ -416,8 +422,8 @@ def create_app(
     return app
 
 
-def _model_card(state: ServerState) -> dict[str, Any]:
-    return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "hrm-text",
+def _model_card(state: ServerState, model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": state.created, "owned_by": "hrm-text",
             "context_length": state.max_len}
 
 

@@ -21,10 +21,14 @@ def train_cmd(
     resume: str = typer.Option("auto", help="'auto' (newest complete checkpoint in train.out_dir), a checkpoint path, or 'none'."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (short runs)."),
     max_tokens: Optional[float] = typer.Option(None, "--max-tokens", help="Token budget instead of steps, e.g. 60e9."),
+    resume_data: str = typer.Option("saved", "--resume-data", help="On resume: 'saved' continues the checkpoint's data position exactly (needs the same batch); 'fresh' restarts the data at the beginning of the checkpoint's epoch, for a resume after changing the batch."),
 ) -> None:
     """Train (or fine-tune) a model. Runs on CPU or one GPU; launch under `torchrun --nproc_per_node N`
     for FSDP2 on N GPUs. SIGTERM/SIGINT save a checkpoint and exit 0; rerun to resume."""
     _setup_logging()
+    if resume_data not in ("saved", "fresh"):
+        typer.secho(f"error: --resume-data {resume_data!r}: choose saved or fresh", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
     over = list(overrides or [])
     # `hrm-text train model.preset=tiny ...` without a YAML: the first argument is an override
     if config is not None and "=" in str(config) and not config.is_file():
@@ -38,7 +42,7 @@ def train_cmd(
         cfg = load_config(config, over)
         from hrm_text.train.trainer import train
 
-        result = train(cfg, resume=None if resume.lower() == "none" else resume)
+        result = train(cfg, resume=None if resume.lower() == "none" else resume, resume_data=resume_data)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)

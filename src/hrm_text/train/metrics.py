@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -176,6 +177,9 @@ class MetricsLogger:
         self._tb = None
         self._wandb = None
         self._bar = None
+        self._logged = ""  # bar text of the last log_train
+        self._recent: deque[tuple[float, float]] = deque(maxlen=10)  # (seconds, tokens) of recent steps
+        self._t_step = self._t0
         if not is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -259,13 +263,30 @@ class MetricsLogger:
         }
         metrics.update({k: float(v) for k, v in extra.items()})
         self._t_last = now
-        advanced = step - self._step_last
         self._step_last = step
         self._write(step, metrics, prefix="train/")
         if self._bar is not None:
-            self._bar.update(max(0, advanced))
-            self._bar.set_postfix_str(self.summary(metrics), refresh=True)
+            self._bar.update(max(0, step - self._bar.n))
+            self._logged = self.summary(metrics)
+            self._bar.set_postfix_str(self._logged, refresh=True)
         return metrics
+
+    def step_done(self, step: int, tokens: float, loss: float) -> None:
+        """Move the bar after every optimizer step (not only every `log_every`), with the step's
+        loss, tokens/s over the last few steps and the ETA: a run of slow steps must not look hung.
+        Host numbers only (the trainer already has them); writes no metric records."""
+        if self._bar is None:
+            return
+        now = self._clock()
+        self._recent.append((now - self._t_step, float(tokens)))
+        self._t_step = now
+        tps = sum(n for _, n in self._recent) / max(sum(dt for dt, _ in self._recent), 1e-9)
+        eta = self.eta(step)
+        self._bar.update(max(0, step - self._bar.n))
+        text = f"loss {loss:.4f} {_si(tps)} tok/s ETA {format_duration(eta)}"
+        if self._logged:  # the last full summary (accuracy, MFU, cost) stays visible
+            text += f" | last log: {self._logged}"
+        self._bar.set_postfix_str(text, refresh=True)
 
     def summary(self, m: dict[str, float]) -> str:
         """The progress-bar text: the numbers someone watching a run wants at a glance."""

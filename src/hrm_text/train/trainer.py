@@ -24,7 +24,9 @@ from hrm_text.data.batch import PackedBatch, apply_objective
 from hrm_text.model.flops import count_params, train_flops_per_token
 from hrm_text.model.lm import HRMTextLM
 from hrm_text.checkpoint import store as ckpt
-from hrm_text.train.distributed import DistInfo, all_reduce_sum, apply_fsdp2, barrier, cleanup, init_distributed
+from hrm_text.train.batching import apply_device_defaults, batch_layout, resume_mismatch_message
+from hrm_text.train.distributed import (DistInfo, all_reduce_sum, apply_fsdp2, barrier, cleanup, get_world_size,
+                                        init_distributed, is_initialized)
 from hrm_text.train.metrics import MetricsLogger, device_peak_flops
 from hrm_text.train.optim import AdamAtan2, ModelEMA
 from hrm_text.train.schedule import bp_steps_at, lr_at
@@ -43,12 +45,23 @@ class TrainResult:
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGINT; the loop finishes the current step, checkpoints and exits cleanly."""
+    """Set by SIGTERM/SIGINT. The loop polls it before every micro-step, drops a partial step,
+    checkpoints the last completed one and exits cleanly: spot machines give ~30 s of notice,
+    less than one optimizer step of a large accumulation.
+
+    With several processes every rank must stop at the same micro-step (FSDP collectives and the
+    checkpoint are collective), so `poll` answers from an all-reduce over a side gloo group: started
+    without waiting at one poll, read at the next, so it costs no device sync and no wait in the step
+    (ranks agree one micro-step after the signal)."""
 
     def __init__(self) -> None:
         self.stop = False
         self.signal_name = ""
         self._old: dict[int, Any] = {}
+        self._group: Any = None
+        self._work: Any = None
+        self._buf: torch.Tensor | None = None
+        self.agreed = False
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -56,12 +69,37 @@ class _StopFlag:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. inside a test runner thread)
                 pass
+        if is_initialized() and get_world_size() > 1:
+            import torch.distributed as tdist
+
+            self._group = tdist.new_group(backend="gloo")  # collective: every rank installs
+
+    def poll(self) -> bool:
+        """Whether every rank should stop now (the same answer on every rank at the same call)."""
+        if self._group is None:
+            self.agreed = self.stop
+            return self.agreed
+        import torch.distributed as tdist
+
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+            assert self._buf is not None
+            if int(self._buf.item()) > 0:
+                self.agreed = True
+                return True
+        self._buf = torch.tensor([int(self.stop)], dtype=torch.int32)
+        self._work = tdist.all_reduce(self._buf, group=self._group, async_op=True)
+        return False
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.stop = True
         self.signal_name = signal.Signals(signum).name
 
     def restore(self) -> None:
+        if self._work is not None:  # the last poll's all-reduce, started on every rank
+            self._work.wait()
+            self._work = None
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
@@ -131,9 +169,13 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
     eval_fn: Callable[[HRMTextLM, int], dict[str, float]] | None = None,
     progress: bool = True,
+    resume_data: str = "saved",
 ) -> TrainResult:
     """Run training as configured. `resume`: "auto" (newest complete checkpoint in out_dir, if any),
-    a checkpoint path, or None (start fresh). Returns per-step losses and the final checkpoint."""
+    a checkpoint path, or None (start fresh). `resume_data`: "saved" continues the checkpoint's
+    data position exactly (the batch layout must match), "fresh" restarts the data at the
+    beginning of the checkpoint's epoch (after a batch change). Returns per-step losses and the
+    final checkpoint."""
     from hrm_text.data.loader import PackedLoader
 
     data, tok = check_data(cfg)
@@ -147,8 +189,10 @@ def train(
     t = cfg.train
     out_dir = Path(t.out_dir)
     try:
+        note = apply_device_defaults(cfg, device.type, dist.world_size, data.metadata.get("max_len"))
+        layout = batch_layout(cfg, dist.world_size, note)
         tokens_per_micro = cfg.data.tokens_per_rank * dist.world_size
-        accum = max(1, round(t.global_batch_tokens / tokens_per_micro))
+        accum = layout.accum
         if accum * tokens_per_micro != t.global_batch_tokens and dist.is_main:
             log.warning("global batch %d tokens is not a multiple of %d ranks x %d tokens; using %d micro-steps (%d tokens)",
                         t.global_batch_tokens, dist.world_size, cfg.data.tokens_per_rank, accum, accum * tokens_per_micro)
@@ -193,9 +237,18 @@ def train(
             state = ckpt.load_checkpoint(resume_path, model, opt, ema)
             start_step = int(state["step"])
             elapsed_offset = float(state.get("extra", {}).get("elapsed_s", 0.0))
-            if state.get("loader_state") is not None:
-                for ld in loaders:
-                    ld.load_state_dict(state["loader_state"])
+            pos = state.get("loader_state")
+            if pos is not None and resume_data == "fresh":
+                pos = {"epoch": int(pos["epoch"]), "batch": 0}  # no layout keys: any batch accepts it
+                if dist.is_main:
+                    log.info("--resume-data fresh: data position restarts at the beginning of epoch %d", pos["epoch"])
+            if pos is not None:
+                try:
+                    for ld in loaders:
+                        ld.load_state_dict(pos)
+                except ValueError as e:
+                    saved_dict = {**ckpt.read_checkpoint_config(resume_path), "extra": state.get("extra", {})}
+                    raise ConfigError(resume_mismatch_message(resume_path, saved_dict, layout, str(e))) from None
             ckpt.restore_rng(state["rng"])
             if dist.is_main:
                 log.info("resumed from %s at step %d", resume_path, start_step)
@@ -208,6 +261,8 @@ def train(
                                tensorboard=t.tensorboard, wandb=t.wandb, is_main=dist.is_main,
                                start_step=start_step, elapsed_offset=elapsed_offset, progress=progress,
                                config=cfg.to_dict())
+        if dist.is_main:
+            log.info("training on %s; %s", device, layout.describe(loader.steps_per_epoch, total_steps))
         stop = _StopFlag()
         stop.install()
         losses: list[float] = []
@@ -216,18 +271,22 @@ def train(
         step = start_step
         tok_dir = tok.source_dir
 
-        def save() -> Path:
-            return ckpt.save_checkpoint(out_dir, step, model, opt, ema, loader.state_dict(), cfg.to_dict(), tok_dir,
-                                        t.ckpt_keep, extra={"elapsed_s": logger.elapsed})
+        def save(data_pos: dict[str, Any]) -> Path:
+            return ckpt.save_checkpoint(out_dir, step, model, opt, ema, data_pos, cfg.to_dict(), tok_dir,
+                                        t.ckpt_keep, extra={"elapsed_s": logger.elapsed, "processes": dist.world_size})
+
+        saved_at = -1
+        partial = 0  # micro-steps of a step dropped on a stop signal
 
         interval = {"loss": 0.0, "correct": 0.0, "count": 0.0, "tokens": 0.0, "flops": 0.0}
         flops_per_token: dict[int, float] = {}
-        while step < total_steps and not stop.stop:
+        while step < total_steps and not stop.agreed:
             # schedules take the 1-based number of the step about to run (as the reference trainer)
             K = bp_steps_at(step + 1, total_steps, cfg.model, t.full_bp_from_start)
             lr = lr_at(step + 1, t, total_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
+            data_state = loader.state_dict()  # the position saved if this step is interrupted
             try:
                 cpu_batches = [apply_objective(next(ld), t.objective) for ld in loaders]
             except StopIteration:
@@ -241,11 +300,17 @@ def train(
             loss_acc = torch.zeros((), device=device)
             correct_acc = torch.zeros((), device=device)
             for i, b in enumerate(micro):
+                if stop.poll():  # between micro-steps: a long step must not delay the exit
+                    partial = i
+                    break
                 if dist.world_size > 1:  # reduce-scatter gradients once, after the last micro-batch
                     model.set_requires_gradient_sync(i == len(micro) - 1)  # type: ignore[operator]
                 out = forward_backward(model, b, K, denom, use_bf16, t.recompute_calls)
                 loss_acc += out.loss_sum
                 correct_acc += out.num_correct.float()
+            if stop.agreed:  # drop the partial step (gradients; its batches via data_state)
+                opt.zero_grad(set_to_none=True)
+                break
             opt.step()
             opt.zero_grad(set_to_none=True)
             ema.update(model)
@@ -257,6 +322,7 @@ def train(
             s_denom /= dist.world_size
             step_loss = s_loss / s_denom
             losses.append(step_loss)
+            logger.step_done(step, s_tokens, step_loss)
             interval["loss"] += s_loss
             interval["correct"] += s_correct
             interval["count"] += s_denom
@@ -277,16 +343,17 @@ def train(
                 evals.append({"step": step, **res})
                 logger.log(step, res, prefix="eval/")
             if t.ckpt_every > 0 and step % t.ckpt_every == 0 and step < total_steps:
-                final = save()
-        if stop.stop and dist.is_main:
-            log.warning("received %s: saving a checkpoint at step %d and exiting", stop.signal_name, step)
-        if step > start_step or final is None:
-            final = save()
+                final, saved_at = save(loader.state_dict()), step
+        if stop.agreed and dist.is_main:
+            log.warning("received %s: dropped the step in progress (%d of %d micro-steps done); saving step %d "
+                        "and exiting", stop.signal_name or "a stop signal on another rank", partial, accum, step)
+        if (step > start_step or final is None) and saved_at != step:
+            final = save(data_state if stop.agreed else loader.state_dict())
         logger.close()
         stop.restore()
         for ld in loaders:
             ld.close()
         barrier()
-        return TrainResult(step, losses, final, stop.stop, evals)
+        return TrainResult(step, losses, final, stop.agreed, evals)
     finally:
         cleanup()

@@ -68,9 +68,10 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
         return pq.read_table(path).to_pylist()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             return [{"_csv": row, "_file": path.stem} for row in csv.reader(f) if row]
-    text = path.read_text(encoding="utf-8")
+    # utf-8-sig: a leading byte-order mark would otherwise make the first row invalid JSON
+    text = path.read_text(encoding="utf-8-sig")
     if suffix == ".json":
         try:
             obj = json.loads(text)
