@@ -7,7 +7,8 @@ import pytest
 from test_data_common import tiny_tokenizer, write_jsonl
 
 from hrm_text.data.records import ColumnMap, FileReport, RecordError, read_records, strip_think
-from hrm_text.data.tokenizer import CONDITIONS, SPECIAL_TOKENS, TextTokenizer, parse_condition
+from hrm_text.data.records import CONDITIONS, parse_condition
+from hrm_text.data.tokenizer import SPECIAL_TOKENS, TextTokenizer
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from hrm_text.data.tokenizer import TextTokenizer
 from hrm_text.infer.export import export_hf
 from hrm_text.checkpoint.loading import load_model
 from hrm_text.model.lora import has_lora, lora_layers
-from hrm_text.train.evaluation import exact_match
+from hrm_text.eval.during_training import exact_match
 from hrm_text.train.trainer import train
 
 from conftest import tiny_train_overrides

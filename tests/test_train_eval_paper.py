@@ -10,7 +10,7 @@ import pytest
 from hrm_text.config import load_config
 from hrm_text.eval.runner import MissingBenchmarkData
 from hrm_text.model.lm import HRMTextLM
-from hrm_text.train.evaluation import make_eval_fn
+from hrm_text.eval.during_training import make_eval_fn
 
 ORIGINAL = Path(__file__).parent / "fixtures" / "eval" / "original"
 

@@ -147,7 +147,11 @@ def test_eval_during_training_logs_heldout_loss_and_exact_match(tiny_data, tmp_p
     cfg = load_config(None, tiny_train_overrides(tiny_data, tmp_path / "run", 4) + [
         f"data.heldout_dir={tiny_data['sampled']}", f"data.heldout_jsonl={tiny_data['heldout']}",
         "train.eval_every=2", "train.eval_limit=4"])
-    res = train(cfg, resume=None, progress=False)
+    from hrm_text.eval.during_training import make_eval_fn  # evaluation sits a floor above training
+
+    with pytest.raises(ConfigError, match="no eval_fn"):  # asked for, not given: refused, not skipped
+        train(cfg, resume=None, progress=False)
+    res = train(cfg, resume=None, progress=False, eval_fn=make_eval_fn(cfg))
     assert [e["step"] for e in res.eval_history] == [2, 4]
     for e in res.eval_history:
         assert 0 < e["heldout_loss"] < 10 and 0 <= e["exact_match"] <= 100

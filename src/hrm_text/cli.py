@@ -1,18 +1,17 @@
-"""The `hrm-text` command. Each package registers its own sub-commands through `register(app)`.
+"""The `hrm-text` command: the top floor. Each module of `hrm_text.commands` registers its
+sub-commands through `register(app)`; the components below never import a command module.
 
-Sub-command modules (imported only if present, so each area stays in its own room):
-  hrm_text.model.cli   `model-info`
-  hrm_text.data.cli    `data builtin|tokenizer|tokenize|sample|recipe|download|convert|decontaminate`
-  hrm_text.train.cli   `train`, `plan`, `quickstart`
-  hrm_text.infer.cli   `generate`, `chat`, `serve`, `export-hf`, `import-hf`
-  hrm_text.eval.cli    `eval`
-  hrm_text.post.cli    `rl`
+  hrm_text.commands.model   `model-info`
+  hrm_text.commands.data    `data builtin|tokenizer|tokenize|sample|recipe|download|convert|decontaminate`
+  hrm_text.commands.train   `train`, `plan`, `quickstart` (commands/quickstart.py)
+  hrm_text.commands.infer   `generate`, `chat`, `serve`, `export-hf`, `import-hf`
+  hrm_text.commands.eval    `eval`, `lm-eval`, `study`
+  hrm_text.commands.post    `rl`
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 
 import typer
@@ -26,12 +25,12 @@ app = typer.Typer(
 )
 
 _SUBCOMMAND_MODULES = (
-    "hrm_text.model.cli",
-    "hrm_text.data.cli",
-    "hrm_text.train.cli",
-    "hrm_text.infer.cli",
-    "hrm_text.eval.cli",
-    "hrm_text.post.cli",
+    "hrm_text.commands.model",
+    "hrm_text.commands.data",
+    "hrm_text.commands.train",
+    "hrm_text.commands.infer",
+    "hrm_text.commands.eval",
+    "hrm_text.commands.post",
 )
 
 
@@ -42,10 +41,7 @@ def _root() -> None:
 
 def _register_all() -> None:
     for name in _SUBCOMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue
-        module = importlib.import_module(name)
-        module.register(app)
+        importlib.import_module(name).register(app)
 
 
 _register_all()

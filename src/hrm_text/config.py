@@ -273,6 +273,11 @@ class Config:
             self.train.lora.validate()
         self.rl.validate()
 
+    def wants_eval_during_training(self) -> bool:
+        """train.eval_every is on and there is something to evaluate (held-out data or a paper suite)."""
+        paper = bool(self.eval.paper_data_dir) and self.eval.paper_limit > 0
+        return self.train.eval_every > 0 and bool(self.data.heldout_jsonl or self.data.heldout_dir or paper)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("set_keys")

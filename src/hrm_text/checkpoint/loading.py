@@ -119,3 +119,15 @@ def load_model(
         model.cfg.attn_backend = attn_backend  # type: ignore[misc]
     model = model.to(device=device, dtype=dtype).eval()
     return LoadedModel(model, tokenizer, source, p, lora)
+
+
+def load_tokenizer_only(ckpt: Path, tokenizer_dir: Path | None = None) -> TextTokenizer:
+    """The tokenizer stored with a checkpoint (or a transformers folder), without the weights:
+    items are built (and missing data reported) before paying for the model load."""
+    if tokenizer_dir is not None:
+        return TextTokenizer.load(tokenizer_dir)
+    p = resolve_checkpoint(ckpt)
+    for cand in ((p,) if is_hf_folder(p) else (p / "tokenizer",)):
+        if (cand / "tokenizer.json").is_file():
+            return TextTokenizer.load(cand)
+    raise ModelLoadError(f"{p} stores no tokenizer; pass --tokenizer DIR")

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from .tokenizer import parse_condition
 
 RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
 REASONS = (
@@ -46,6 +45,26 @@ _THINK_RE = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 
 class RecordError(ValueError):
     """A bad input row under `strict=True`; the message names the file and line."""
+
+
+# Condition tags, in the order the released tokenizer's special tokens give them
+# (docs/ARCHITECTURE.md#special-tokens); each is one special token of the tokenizer.
+CONDITIONS: tuple[str, ...] = ("direct", "cot", "noisy", "synth")
+
+
+def parse_condition(s: str | None) -> list[str]:
+    """Split a condition string such as "synth,cot" into validated tags, in order.
+
+    Empty or None means "direct" (the paper's default). Raises ValueError naming the unknown tag, so
+    a typo in a data file or on the command line is reported instead of silently training on it.
+    """
+    if s is None or not str(s).strip():
+        return ["direct"]
+    tags = [t.strip() for t in str(s).split(",")]
+    for t in tags:
+        if t not in CONDITIONS:
+            raise ValueError(f"unknown condition tag {t!r} in {s!r}; allowed tags: {', '.join(CONDITIONS)}")
+    return tags
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from typing import Iterable, Iterator, Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from hrm_text.data.records import CONDITIONS, iter_source_files, read_records
+
 # Role -> token string. These are the strings of the released HRM-Text tokenizer
 # (docs/ARCHITECTURE.md#special-tokens).
 # The pad token is ours: `<|endoftext|>` is never produced from text (special) and is id 0 in a
@@ -38,7 +40,6 @@ SPECIAL_TOKENS: dict[str, str] = {
     "synth": "<|quad_end|>",
 }
 
-CONDITIONS: tuple[str, ...] = ("direct", "cot", "noisy", "synth")
 CONDITION_TOKENS: dict[str, str] = {c: SPECIAL_TOKENS[c] for c in CONDITIONS}
 
 # docs/ARCHITECTURE.md#tokenizer: every digit is its own pre-token; no prefix space is added.
@@ -49,21 +50,6 @@ SPLIT_PATTERN = (
 
 DEFAULT_VOCAB_SIZE = 65536
 MODEL_MAX_LENGTH = 4097
-
-
-def parse_condition(s: str | None) -> list[str]:
-    """Split a condition string such as "synth,cot" into validated tags, in order.
-
-    Empty or None means "direct" (the paper's default). Raises ValueError naming the unknown tag, so
-    a typo in a data file or on the command line is reported instead of silently training on it.
-    """
-    if s is None or not str(s).strip():
-        return ["direct"]
-    tags = [t.strip() for t in str(s).split(",")]
-    for t in tags:
-        if t not in CONDITIONS:
-            raise ValueError(f"unknown condition tag {t!r} in {s!r}; allowed tags: {', '.join(CONDITIONS)}")
-    return tags
 
 
 def _build_empty_tokenizer() -> Tokenizer:
@@ -94,7 +80,6 @@ def _iter_texts(files_or_texts: Iterable[str | os.PathLike] | str | os.PathLike)
         if not is_path:
             yield str(item)
             continue
-        from .records import iter_source_files, read_records
 
         for f in iter_source_files([p]):
             if f.suffix in (".txt", ".md"):

@@ -140,8 +140,8 @@ class HRMTextLMEval(LM):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        from hrm_text.data.tokenizer import parse_condition
-        from hrm_text.eval.cli import load_tokenizer_only
+        from hrm_text.data.records import parse_condition
+        from hrm_text.checkpoint.loading import load_tokenizer_only
         from hrm_text.checkpoint.loading import load_model
 
         path = ckpt or pretrained

@@ -320,7 +320,7 @@ def evaluate_run(ckpt: Path, data: StudyData, objective: str, grid_eval: dict[st
     from hrm_text.data.tokenizer import TextTokenizer
     from hrm_text.eval.runner import builtin_items
     from hrm_text.checkpoint.loading import load_model
-    from hrm_text.train.evaluation import exact_match
+    from hrm_text.eval.during_training import exact_match
 
     limit = int(grid_eval.get("limit", 128))
     model = load_model(ckpt, device=device).model.eval()

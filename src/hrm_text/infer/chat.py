@@ -28,7 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence, TextIO
 
-from hrm_text.data.tokenizer import TextTokenizer, parse_condition
+from hrm_text.data.records import parse_condition
+from hrm_text.data.tokenizer import TextTokenizer
 from hrm_text.infer.engine import Engine, Request, Result, SamplingParams
 
 ROLE_PREFIX = {"system": "System: ", "user": "User: ", "assistant": "Assistant: "}

@@ -40,7 +40,8 @@ from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hrm_text.data.tokenizer import TextTokenizer, parse_condition
+from hrm_text.data.records import parse_condition
+from hrm_text.data.tokenizer import TextTokenizer
 from hrm_text.infer.chat import StreamDecoder, decode_fn, fold_messages
 from hrm_text.infer.engine import Engine, Request, Result, SamplingParams
 from hrm_text.checkpoint.loading import LoadedModel

@@ -179,11 +179,12 @@ def train(
     from hrm_text.data.loader import PackedLoader
 
     data, tok = check_data(cfg)
-    wants_eval = cfg.data.heldout_jsonl or cfg.data.heldout_dir or (cfg.eval.paper_data_dir and cfg.eval.paper_limit > 0)
-    if eval_fn is None and cfg.train.eval_every > 0 and wants_eval:
-        from hrm_text.train.evaluation import make_eval_fn
-
-        eval_fn = make_eval_fn(cfg)  # built now: a missing held-out file fails before training starts
+    if eval_fn is None and cfg.wants_eval_during_training():
+        # evaluation needs the engine and the suites, a floor above training: its caller builds it
+        raise ConfigError(
+            "train.eval_every is set but no eval_fn was given: `hrm-text train` builds it; from Python pass "
+            "eval_fn=hrm_text.eval.during_training.make_eval_fn(cfg)"
+        )
     dist = init_distributed()
     device = _device(dist)
     t = cfg.train

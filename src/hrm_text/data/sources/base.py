@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from ..records import strip_think
-from ..tokenizer import parse_condition
+from ..records import parse_condition
 
 MAX_OPEN_FILES = 128
 MAX_EXAMPLE_LINES = 5

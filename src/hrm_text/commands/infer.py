@@ -63,7 +63,7 @@ def _params(max_tokens: int, temperature: float, top_p: float, top_k: int, seed:
 
 
 def _check_condition(condition: str) -> str:
-    from hrm_text.data.tokenizer import parse_condition
+    from hrm_text.data.records import parse_condition
 
     try:
         return ",".join(parse_condition(condition))

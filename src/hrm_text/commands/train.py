@@ -40,9 +40,12 @@ def train_cmd(
         over.append(f"train.max_tokens={max_tokens}")
     try:
         cfg = load_config(config, over)
+        # lazy (here and in every command): keeps `hrm-text --help` from importing torch
+        from hrm_text.eval.during_training import make_eval_fn
         from hrm_text.train.trainer import train
 
-        result = train(cfg, resume=None if resume.lower() == "none" else resume, resume_data=resume_data)
+        eval_fn = make_eval_fn(cfg) if cfg.wants_eval_during_training() else None  # a missing held-out file fails here
+        result = train(cfg, resume=None if resume.lower() == "none" else resume, resume_data=resume_data, eval_fn=eval_fn)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
@@ -79,7 +82,7 @@ def quickstart_cmd(
     """The whole pipeline on the built-in offline corpus: corpus -> tokenizer -> tokens -> sample ->
     train the tiny HRM -> held-out exact-match before and after, plus a few answers."""
     _setup_logging()
-    from hrm_text.train.quickstart import run_quickstart
+    from hrm_text.commands.quickstart import run_quickstart
 
     try:
         code = run_quickstart(out, minutes=minutes, device=device, seed=seed)

@@ -37,7 +37,7 @@ def builtin_cmd(
 ) -> None:
     """Write the offline corpus: arithmetic, DeepMind mathematics and Sudoku (and optionally
     natural-language docstring Q/A), with held-out splits."""
-    from .builtin import SIZES, write_builtin_corpus
+    from hrm_text.data.builtin import SIZES, write_builtin_corpus
 
     if size not in SIZES:
         raise _fail(f"unknown --size {size!r}; choose one of {', '.join(SIZES)}")
@@ -70,7 +70,7 @@ def tokenizer_cmd(
     min_frequency: int = typer.Option(2, help="Minimum pair frequency for a merge (SPEC: 2)."),
 ) -> None:
     """Train the byte-level BPE tokenizer with the paper's split pattern and special tokens."""
-    from .tokenizer import train_tokenizer
+    from hrm_text.data.tokenizer import train_tokenizer
 
     for s in srcs:
         if not s.exists():
@@ -94,9 +94,9 @@ def tokenize_cmd(
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad row instead of counting and skipping it."),
 ) -> None:
     """Tokenize record files into per-file token arrays (incremental, multiprocess, bounded memory)."""
-    from .records import ColumnMap, RecordError, export_dataset_to_jsonl, load_dataset_rows
-    from .tokenize import Options, tokenize_sources
-    from .tokenizer import parse_condition
+    from hrm_text.data.records import ColumnMap, RecordError, export_dataset_to_jsonl, load_dataset_rows
+    from hrm_text.data.tokenize import Options, tokenize_sources
+    from hrm_text.data.records import parse_condition
 
     try:
         parse_condition(default_condition)
@@ -130,13 +130,13 @@ def tokenize_cmd(
             raise _fail(f"{s} does not exist")
         else:
             paths.append(s)
-    from .records import iter_source_files
+    from hrm_text.data.records import iter_source_files
 
     total = sum(f.stat().st_size for f in iter_source_files(paths))
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenize")
 
     def on_file(meta: dict) -> None:
-        from .records import FileReport
+        from hrm_text.data.records import FileReport
 
         rep = meta["report"]
         if sum(rep["skipped"].values()):
@@ -185,7 +185,7 @@ def sample_cmd(
     context: Optional[int] = typer.Option(None, help="Override the rules file's context (examples hold context + 1 tokens)."),
 ) -> None:
     """Stratified per-epoch sampling with per-source caps, repeats and long-context handling."""
-    from .sample import RulesError, load_rules, sample_corpus
+    from hrm_text.data.sample import RulesError, load_rules, sample_corpus
 
     try:
         r = load_rules(rules)
@@ -224,7 +224,7 @@ def recipe_cmd(
     scale: float = typer.Option(1.0, help="Multiply every per-file cap (a small value tries the rules on a small copy)."),
 ) -> None:
     """Write a data recipe: the rules file for `data sample` and a README with sources, sizes and commands."""
-    from .paper import write_recipe
+    from hrm_text.data.paper import write_recipe
 
     if name != "paper":
         raise _fail(f"unknown recipe {name!r}; known: paper")
@@ -243,7 +243,7 @@ def download_cmd(
     revision: str = typer.Option("f033bc0e1a81634385093afc60445a52a7ade64a", help="Dataset revision (commit or `main`)."),
 ) -> None:
     """Fetch the published cleaned data (Hugging Face, resumable) or link it from a local copy."""
-    from .paper import DownloadError, download_paper_data
+    from hrm_text.data.paper import DownloadError, download_paper_data
 
     if name != "paper":
         raise _fail(f"unknown dataset {name!r}; known: paper")
@@ -264,8 +264,8 @@ def convert_cmd(
     limit: Optional[int] = typer.Option(None, help="Stop after this many raw rows (a quick look at a large source)."),
 ) -> None:
     """Convert one raw public source into condition/instruction/response JSONL, streaming, with counted drops."""
-    from .sources import ConvertError, convert, get_source
-    from .sources.base import raw_files
+    from hrm_text.data.sources import ConvertError, convert, get_source
+    from hrm_text.data.sources.base import raw_files
 
     try:
         src = get_source(source)
@@ -290,8 +290,8 @@ def convert_cmd(
 def _eval_texts(against: str, data_dir: Optional[Path], builtin: Optional[Path], benchmarks: Optional[str],
                 hub: bool, skip_missing: bool) -> tuple[list[tuple[str, str]], list[str]]:
     """(label, text) pairs of the evaluation side and the names of the sets left out."""
-    from .decontaminate import strings_in
-    from .records import read_records
+    from hrm_text.data.decontaminate import strings_in
+    from hrm_text.data.records import read_records
 
     pairs: list[tuple[str, str]] = []
     missing: list[str] = []
@@ -310,7 +310,7 @@ def _eval_texts(against: str, data_dir: Optional[Path], builtin: Optional[Path],
                 continue
             pairs += [(name, t) for r in rows for t in strings_in(r)]
     if builtin is not None:
-        from .builtin import builtin_heldout_files
+        from hrm_text.data.builtin import builtin_heldout_files
 
         files = builtin_heldout_files(builtin)
         if not files:
@@ -337,7 +337,7 @@ def decontaminate_cmd(
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Go on without benchmarks whose files are absent (listed in the output)."),
 ) -> None:
     """Drop training rows sharing an n-gram (13 words) with an evaluation item; writes a per-source report."""
-    from .decontaminate import decontaminate_dir, index_from_pairs
+    from hrm_text.data.decontaminate import decontaminate_dir, index_from_pairs
 
     if against not in ("paper", "builtin"):
         raise _fail(f"unknown --against {against!r}; choose paper or builtin")
@@ -356,7 +356,7 @@ def decontaminate_cmd(
         typer.secho("note: built-in held-out sets not included (pass --builtin CORPUS_DIR to add them)", fg=typer.colors.YELLOW, err=True)
     if len(index) == 0:
         raise _fail("no evaluation text to decontaminate against")
-    from .records import iter_source_files
+    from hrm_text.data.records import iter_source_files
 
     bar = tqdm(total=sum(f.stat().st_size for f in iter_source_files([src])), unit="B", unit_scale=True, desc="decontaminate")
     try:

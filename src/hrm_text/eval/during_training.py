@@ -60,7 +60,7 @@ def make_eval_fn(cfg: Config, max_new_tokens: int = 32) -> Callable[[HRMTextLM, 
                 out["exact_match"] = b.score
             out.update({f"em_{g}": v for g, v in group_scores(res).items()})
         if paper:
-            from hrm_text.eval.cli import SuiteGenerator
+            from hrm_text.eval.generation import SuiteGenerator
 
             bs = max(1, cfg.eval.batch_size)
             gen = SuiteGenerator(model, tok, paper, bs, context=min(cfg.eval.max_context, 4096),

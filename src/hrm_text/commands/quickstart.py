@@ -33,7 +33,7 @@ def _echo(msg: str) -> None:
 
 def _exact_match(model: torch.nn.Module, tok, files: dict[str, Path], limit: int) -> tuple[dict[str, float], list]:
     from hrm_text.eval.runner import builtin_items
-    from hrm_text.train.evaluation import exact_match, group_scores
+    from hrm_text.eval.during_training import exact_match, group_scores
 
     res = exact_match(model, tok, builtin_items(dict(files), limit=limit), max_new_tokens=12)
     return group_scores(res), res.items
