@@ -143,6 +143,17 @@ def test_sft_starts_from_pretrained_ema_weights(trained_tiny, tiny_data, tmp_pat
     assert (r_sft.final_checkpoint / "COMPLETE").is_file()
 
 
+def test_sft_refuses_model_overrides_the_checkpoint_contradicts_and_keeps_the_callers_config(trained_tiny, tiny_data, tmp_path):
+    over = tiny_train_overrides(tiny_data, tmp_path / "sft_bad", 1) + [f"train.init_from={trained_tiny}"]
+    bad = load_config(None, over + ["model.hidden_size=64"])
+    with pytest.raises(ConfigError, match=r"model\.hidden_size=64 \(the checkpoint has 128\)"):
+        train(bad, resume=None, progress=False)
+    ok = load_config(None, over)
+    before = ok.to_dict()
+    train(ok, resume=None, progress=False)
+    assert ok.to_dict() == before  # train() works on its own copy
+
+
 def test_eval_during_training_logs_heldout_loss_and_exact_match(tiny_data, tmp_path):
     cfg = load_config(None, tiny_train_overrides(tiny_data, tmp_path / "run", 4) + [
         f"data.heldout_dir={tiny_data['sampled']}", f"data.heldout_jsonl={tiny_data['heldout']}",

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from hrm_text.data.records import CONDITIONS, iter_source_files, read_records
+from hrm_text.data.records import CONDITIONS, iter_source_files, parse_condition, read_records
 
 # Role -> token string. These are the strings of the released HRM-Text tokenizer
 # (docs/ARCHITECTURE.md#special-tokens).

@@ -10,6 +10,7 @@ Checkpoints (DCP) every `ckpt_every` steps and at the end; SIGTERM/SIGINT save a
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import signal
@@ -19,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from hrm_text.config import Config, ConfigError, config_from_dict
+from hrm_text.config import Config, ConfigError, ModelConfig, config_from_dict
 from hrm_text.data.batch import PackedBatch, apply_objective
 from hrm_text.model.flops import count_params, train_flops_per_token
 from hrm_text.model.lm import HRMTextLM
@@ -140,6 +141,7 @@ def build_model(cfg: Config, vocab_size: int, device: torch.device, init_from: s
         if src_cfg.vocab_size != vocab_size and src_cfg.padded_vocab_size < vocab_size:
             raise ConfigError(f"train.init_from={init_from} has vocab {src_cfg.vocab_size}, the tokenizer has {vocab_size}")
         loaded = load_model(init_from, device="cpu", use_ema=cfg.train.init_from_ema)
+        _refuse_model_overrides(cfg, loaded.model.cfg, f"train.init_from={init_from}")
         cfg.model = loaded.model.cfg
         log.info("initialised from %s (%s weights)", loaded.path, loaded.source)
         return loaded.model.train().to(device)
@@ -149,6 +151,19 @@ def build_model(cfg: Config, vocab_size: int, device: torch.device, init_from: s
     torch.manual_seed(cfg.train.seed)
     with torch.device(device):
         return HRMTextLM(cfg.model)
+
+
+def _refuse_model_overrides(cfg: Config, saved: ModelConfig, source: str) -> None:
+    """The network's shape comes with the weights: a `model.*` value the user set that differs from
+    the checkpoint's is refused by name rather than silently replaced."""
+    clash = []
+    for key in sorted(k.split(".", 1)[1] for k in (cfg.set_keys or ()) if k.startswith("model.")):
+        mine, theirs = getattr(cfg.model, key, None), getattr(saved, key, None)
+        if key in ("vocab_size", "preset") or mine == theirs:
+            continue
+        clash.append(f"model.{key}={mine!r} (the checkpoint has {theirs!r})")
+    if clash:
+        raise ConfigError(f"{source} fixes the model's shape; remove these overrides: {', '.join(clash)}")
 
 
 def total_steps_for(cfg: Config, steps_per_epoch: int) -> int:
@@ -178,6 +193,7 @@ def train(
     final checkpoint."""
     from hrm_text.data.loader import PackedLoader
 
+    cfg = copy.deepcopy(cfg)  # the caller's config is never changed (vocab, init_from, device defaults)
     data, tok = check_data(cfg)
     if eval_fn is None and cfg.wants_eval_during_training():
         # evaluation needs the engine and the suites, a floor above training: its caller builds it
