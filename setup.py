@@ -11,7 +11,7 @@ lm-eval's model registry when lm-eval loads, making a bare `lm_eval --model hrm_
     (a .pth pointing at src/, or a finder/link tree) and drops build_lib, so the .pth is added to
     the wheel next to the strategy's own files. This hooks `editable_wheel._select_strategy`, a
     setuptools internal (unchanged since setuptools 64); if it ever goes away the editable install
-    silently lacks the .pth and tests/test_eval_lm_eval.py::test_bare_lm_eval_cli_finds_hrm_text fails.
+    silently lacks the .pth and tests/integration/test_eval_lm_eval.py::test_bare_lm_eval_cli_finds_hrm_text fails.
 
 Both ways the file is listed in the wheel's RECORD, so `pip uninstall hrm-text` removes it.
 """

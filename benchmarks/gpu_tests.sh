@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU tier of the test suite (tests marked `gpu`, plus the CUDA-only decode tests), in one
+# The GPU tier of the test suite (every test marked `gpu`: tests/gpu/ and the CUDA cases elsewhere), in one
 # device call. Run from the repo root on the GPU machine; torchao's wheel in .whl/ is optional.
 #   bash benchmarks/gpu_tests.sh "$OUT"
 set -u
@@ -11,4 +11,4 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -p no:cacheprovider -q -p no:warnings \
-  tests/test_train_gpu.py tests/test_infer_decode_attention.py tests/test_infer_engine_compiled.py 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
+  -m gpu tests/ 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"

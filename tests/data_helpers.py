@@ -1,4 +1,4 @@
-"""Shared tiny fixtures for the data tests (imported by tests/test_data_*.py)."""
+"""Shared tiny fixtures for the data tests (imported by the data tests; tests/ is on sys.path through conftest.py)."""
 
 from __future__ import annotations
 

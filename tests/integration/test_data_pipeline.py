@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_data_common import arith_rows, tiny_tokenizer, write_jsonl
+from data_helpers import arith_rows, tiny_tokenizer, write_jsonl
 
 from hrm_text.data.batch import IGNORE_INDEX, layout_row, pack_rows
 from hrm_text.data.loader import PackedLoader, SampledData, plan_steps

@@ -7,7 +7,7 @@ import codecs
 import json
 from pathlib import Path
 
-from test_data_common import arith_rows, tiny_tokenizer
+from data_helpers import arith_rows, tiny_tokenizer
 
 from hrm_text.data.records import FileReport, read_records
 from hrm_text.data.tokenize import Options, tokenize_sources

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 import pytest
-from test_data_common import tiny_tokenizer, write_jsonl
+from data_helpers import tiny_tokenizer, write_jsonl
 
 from hrm_text.data.records import ColumnMap, FileReport, RecordError, read_records, strip_think
 from hrm_text.data.records import CONDITIONS, parse_condition

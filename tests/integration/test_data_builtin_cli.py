@@ -103,7 +103,7 @@ def test_cli_end_to_end_and_errors(tmp_path):
 def test_tokenize_prints_row_totals_across_files(tmp_path):
     """Kept and skipped rows, per reason, summed over every file of the output, including files a
     re-run leaves unchanged."""
-    from test_data_common import tiny_tokenizer, write_jsonl
+    from data_helpers import tiny_tokenizer, write_jsonl
 
     tok = tiny_tokenizer(tmp_path)
     good = {"instruction": "1+1=", "response": "2"}

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from hrm_text.cli import app
 
-FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "eval"
 
 
 @pytest.fixture()

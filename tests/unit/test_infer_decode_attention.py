@@ -62,6 +62,7 @@ def test_reference_matches_the_block_path():
         assert torch.equal(kr[b, :, p + 1 :], k0[b, :, p + 1 :])
 
 
+@pytest.mark.gpu
 @cuda_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("splits", [None, 1, 3, 16])  # None: the default for the shape
@@ -80,6 +81,7 @@ def test_kernel_matches_reference(dtype, splits, B, H, D, L, pos):
     assert torch.equal(v2, v)
 
 
+@pytest.mark.gpu
 @cuda_triton
 def test_engine_fused_matches_unfused_greedy():
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_decode.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_decode.py"
 
 
 def _module():

@@ -26,7 +26,7 @@ from hrm_text.eval.runner import (
     run_suite,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "eval"
 ORIGINAL = FIXTURES / "original"
 
 

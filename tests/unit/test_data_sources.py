@@ -13,7 +13,7 @@ from hrm_text.cli import app
 from hrm_text.data.records import FileReport, read_records
 from hrm_text.data.sources import SOURCES, ConvertError, convert, get_source
 
-FIX = Path(__file__).parent / "fixtures" / "sources"
+FIX = Path(__file__).parents[1] / "fixtures" / "sources"
 
 # source -> (rows read, {output key: rows}, {drop reason: count})
 EXPECTED = {

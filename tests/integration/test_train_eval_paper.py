@@ -12,7 +12,7 @@ from hrm_text.eval.runner import MissingBenchmarkData
 from hrm_text.model.lm import HRMTextLM
 from hrm_text.eval.during_training import make_eval_fn
 
-ORIGINAL = Path(__file__).parent / "fixtures" / "eval" / "original"
+ORIGINAL = Path(__file__).parents[1] / "fixtures" / "eval" / "original"
 
 
 def test_eval_fn_runs_builtin_and_limited_paper_suite(tiny_data: dict) -> None:

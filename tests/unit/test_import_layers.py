@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "hrm_text"
+SRC = Path(__file__).resolve().parents[2] / "src" / "hrm_text"
 
 FLOORS: dict[str, float] = {
     "config": 0, "data": 1, "model": 2, "checkpoint": 3, "train": 4, "infer": 4, "eval": 5,
