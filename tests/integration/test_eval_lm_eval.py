@@ -1,14 +1,11 @@
 """The lm-evaluation-harness backend `hrm_text`: PrefixLM-exact loglikelihood, and lm-eval's own
 Python API and command line running local task files through it on a small trained model,
-including a bare `lm_eval --model hrm_text` that finds it through the installed start-up hook."""
+through `hrm-text lm-eval`."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -238,7 +235,7 @@ def test_hrm_text_lm_eval_wrapper_runs_lm_eval_cli(trained_tiny: Path, tmp_path:
 
 def test_readme_command_with_lm_eval_defaults_runs_on_cpu(trained_tiny: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's `lm_eval --model hrm_text --model_args ckpt=RUN --tasks T`, nothing else: lm-eval
+    """The README's `hrm-text lm-eval --model hrm_text --model_args ckpt=RUN --tasks T`, nothing else: lm-eval
     then passes its own defaults (device `cuda:0`, batch_size 1). Without CUDA the backend must run
     on the CPU and say so, not stop on "Torch not compiled with CUDA enabled"."""
     import logging
@@ -278,77 +275,3 @@ def test_device_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [resolve_device(d) for d in (None, "", "cuda", "cuda:0", "cpu")] == ["cpu"] * 5
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert [resolve_device(d) for d in (None, "cuda:1", "cpu")] == ["cuda", "cuda:1", "cpu"]
-
-
-# ---------------------------------------------------------------------------------------------
-# the bare `lm_eval` command (no `hrm-text` wrapper, no import of ours): the start-up hook
-
-
-def _lm_eval_command() -> list[str]:
-    """lm-eval's console script for the interpreter running the tests, or `python -m lm_eval` (the
-    same `cli_evaluate`) where no script sits next to it, e.g. in a venv that sees lm-eval through
-    --system-site-packages, whose `lm_eval` on PATH would start another interpreter."""
-    script = Path(sys.executable).parent / ("lm_eval.exe" if os.name == "nt" else "lm_eval")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "lm_eval"]
-
-
-def _require_installed_hook() -> None:
-    """Fail (not skip) when this interpreter did not run hrm_text_lm_eval.pth at start-up."""
-    if "_hrm_text_lm_eval_hook" not in sys.modules:
-        pytest.fail(
-            "hrm_text_lm_eval.pth did not run in this interpreter, so a bare `lm_eval --model hrm_text` "
-            "cannot find the backend: install the package into this environment "
-            "(`pip install -e .` as .ci/run does, or `pip install .`) instead of running from a source path"
-        )
-
-
-def test_start_up_hook_registers_lazily_and_keeps_stock_backends() -> None:
-    """In a fresh interpreter: nothing of ours (nor torch) is imported at start-up; `hrm_text`
-    appears with lm-eval's built-in names and resolves to our class; the built-in names still
-    resolve (an entry added to the empty registry too early would hide them from `get_model`)."""
-    _require_installed_hook()
-    import _hrm_text_lm_eval_hook as hook
-
-    # the placeholder must be "<module>:<class>" exactly, or the decorator's upgrade raises
-    assert hook.TARGET == f"{HRMTextLMEval.__module__}:{HRMTextLMEval.__name__}"
-    code = """if True:
-        import sys
-        assert "torch" not in sys.modules and "hrm_text" not in sys.modules, sorted(sys.modules)
-        assert "_hrm_text_lm_eval_hook" in sys.modules
-        from lm_eval.api.registry import get_model, model_registry
-        assert "dummy" in repr(get_model("dummy"))  # first lookup: fills the registry, stock names
-        assert model_registry._objs["hrm_text"] == "hrm_text.eval.lm_eval_adapter:HRMTextLMEval"
-        assert "torch" not in sys.modules  # still only a string
-        assert not any(getattr(f, "__module__", "") == "_hrm_text_lm_eval_hook" for f in sys.meta_path)
-        cls = get_model("hrm_text")
-        print(cls.__module__, cls.__name__)
-    """
-    env = {k: v for k, v in os.environ.items() if k != "HRM_TEXT_NO_LM_EVAL_HOOK"}
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.split() == ["hrm_text.eval.lm_eval_adapter", "HRMTextLMEval"]
-
-
-@pytest.mark.slow
-def test_bare_lm_eval_cli_finds_hrm_text(trained_tiny: Path, tmp_path: Path) -> None:
-    """`lm_eval --model hrm_text ...` in a fresh process works because the installed
-    hrm_text_lm_eval.pth imports `_hrm_text_lm_eval_hook` at start-up (setup.py puts it into
-    site-packages for `pip install .` and `pip install -e .`). Fails, not skips, when the package
-    is not installed that way: without the hook lm-eval answers "no model for this name found".
-    About 20 s on 2 CPU cores, most of it lm-eval indexing its built-in task folders."""
-    _require_installed_hook()
-    tasks = _write_tasks(tmp_path)
-    out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "HRM_TEXT_NO_LM_EVAL_HOOK"}
-    env.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "hf_cache"),
-               OMP_NUM_THREADS="2")
-    cmd = [*_lm_eval_command(), "--model", "hrm_text", "--model_args",
-           f"ckpt={trained_tiny},device=cpu,batch_size=4", "--tasks", "hrm_tiny_mc",
-           "--include_path", str(tasks), "--output_path", str(out), "--limit", "3"]
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"{cmd}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-5000:]}"
-    files = list(out.rglob("results_*.json"))
-    assert len(files) == 1, r.stderr[-3000:]
-    results = json.loads(files[0].read_text())
-    assert results["config"]["model"] == "hrm_text"
-    assert 0.0 <= results["results"]["hrm_tiny_mc"]["acc,none"] <= 1.0

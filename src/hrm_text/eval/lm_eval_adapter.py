@@ -1,10 +1,9 @@
 """lm-evaluation-harness backend `hrm_text`: PrefixLM-correct scoring of HRM-Text checkpoints.
 
-    lm_eval --model hrm_text --model_args ckpt=PATH,device=cpu,batch_size=8,condition=direct \
+    hrm-text lm-eval --model hrm_text --model_args ckpt=PATH,device=cpu,batch_size=8,condition=direct \
         --tasks arc_challenge
-    # the same: hrm-text lm-eval --model hrm_text ...
     # or, from Python:
-    import hrm_text.eval.lm_eval_adapter  # registers the backend (optional once installed)
+    import hrm_text.eval.lm_eval_adapter  # registers the backend
     lm_eval.simple_evaluate(model="hrm_text", model_args="ckpt=PATH", tasks=[...])
 
 Why not the stock `hf` backend: it feeds `context + continuation` as one causal sequence, so an
@@ -18,12 +17,8 @@ vs 0.12 for the two. Here every request is laid out exactly as in training:
 
 Registration: lm-eval 0.4.13 (the version this was written against) resolves `--model` names only
 from its own registry and has no plugin entry-point group. Importing this module registers it
-(`@register_model("hrm_text")`). For a bare `lm_eval --model hrm_text`, installing the package
-adds `hrm_text_lm_eval.pth` + `_hrm_text_lm_eval_hook` (src/_hrm_text_lm_eval_hook.py, setup.py) to
-site-packages: at start-up it arranges for the lazy entry
-"hrm_text.eval.lm_eval_adapter:HRMTextLMEval" to be added when lm-eval imports `lm_eval.models`, so
-this module (and torch) is imported only when lm-eval builds the backend. `hrm-text lm-eval ...`
-imports this module and then runs lm-eval's own CLI with the same arguments (works uninstalled too).
+(`@register_model("hrm_text")`); `hrm-text lm-eval ...` imports it and then runs lm-eval's own CLI
+(docs/EVALUATION.md says why there is no start-up hook for a bare `lm_eval`).
 
 Decisions (documented in docs/EVALUATION.md):
   - `<eoa>` is NOT appended to continuations (`append_eoa=False`): lm-eval asks for the probability
@@ -102,7 +97,7 @@ def _pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 def resolve_device(requested: str | None) -> str:
     """The device to run on: `requested`, except that a CUDA device on a machine without CUDA
     becomes the CPU (with a warning). lm-eval's CLI always passes its own default `cuda:0`, so a
-    bare `lm_eval --model hrm_text ...` on a CPU machine must not fail on it; any other device
+    `hrm-text lm-eval --model hrm_text ...` on a CPU machine must not fail on it; any other device
     (`cpu`, `mps`, a CUDA device where CUDA exists) is used as given."""
     if not requested:
         return "cuda" if torch.cuda.is_available() else "cpu"
