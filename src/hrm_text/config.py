@@ -190,7 +190,7 @@ class TrainConfig:
     max_tokens: float | None = None
     epochs: int | None = None
     full_bp_from_start: bool = False  # SFT: K = bp_max_steps from step 1
-    # prefix_lm (SPEC 3), causal_response (causal mask, response loss) or causal_full (causal mask,
+    # prefix_lm (docs/ARCHITECTURE.md#sequence-layout-and-objective), causal_response (causal mask, response loss) or causal_full (causal mask,
     # loss on every next token): the objective ablation of the paper's Table 3 (data.batch.apply_objective)
     objective: Literal["prefix_lm", "causal_response", "causal_full"] = "prefix_lm"
     dtype: Literal["bf16", "fp32"] = "bf16"

@@ -65,9 +65,9 @@ def builtin_cmd(
 def tokenizer_cmd(
     srcs: List[Path] = typer.Argument(..., help="JSONL/Parquet files or folders (and .txt files) to learn merges from."),
     out: Path = typer.Option(..., "--out", help="Folder for tokenizer.json (+ transformers config files)."),
-    vocab_size: int = typer.Option(65536, help="Vocabulary size incl. 8 special tokens (SPEC: 65,536; small, e.g. 512, for `tiny`)."),
+    vocab_size: int = typer.Option(65536, help="Vocabulary size incl. 8 special tokens (the paper: 65,536; small, e.g. 512, for `tiny`)."),
     max_texts: Optional[int] = typer.Option(None, help="Read at most this many texts (BPE statistics saturate early)."),
-    min_frequency: int = typer.Option(2, help="Minimum pair frequency for a merge (SPEC: 2)."),
+    min_frequency: int = typer.Option(2, help="Minimum pair frequency for a merge (the paper: 2)."),
 ) -> None:
     """Train the byte-level BPE tokenizer with the paper's split pattern and special tokens."""
     from hrm_text.data.tokenizer import train_tokenizer

@@ -3,7 +3,7 @@
 What the command does, in order (so that cheap failures come before the expensive model load):
   1. load the tokenizer only, and build the suite's items (a missing benchmark file stops here with
      the exact files and layout expected, exit code 2, no traceback);
-  2. load the model with its EMA weights (SPEC section 5: evaluation uses the EMA weights);
+  2. load the model with its EMA weights (docs/ARCHITECTURE.md#optimiser-and-schedules: evaluation uses the EMA weights);
   3. greedy generation through the inference engine, one engine context at a time: each item carries
      the paper's context (3072, 4096 for multiple choice) and its own answer budget;
   4. score, write `<out>/results.json` and `<out>/results.md` (default out: RUN/eval/<step>-<suite>),
@@ -55,7 +55,7 @@ def _echo_err(msg: str) -> None:
 
 def eval_cmd(
     ckpt: Path = typer.Argument(..., help="Checkpoint dir, run dir (newest checkpoint) or transformers hrm_text folder."),
-    suite: str = typer.Option("paper", help="'paper' (the eight benchmarks, SPEC section 6) or 'builtin' (held-out exact match)."),
+    suite: str = typer.Option("paper", help="'paper' (the paper's eight benchmarks) or 'builtin' (held-out exact match)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="paper: folder of <benchmark>/ files (or EVAL_DATA_DIR). builtin: the corpus folder, if --corpus is not given."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="builtin: corpus folder (its heldout/ part), a folder of held-out files, or one file."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Items per benchmark (paper) or rows per file (builtin)."),

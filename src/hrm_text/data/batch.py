@@ -60,7 +60,7 @@ class PackedBatch:
 
 
 # Training objectives (paper Table 3), applied to a batch after the loader and before the model:
-#   prefix_lm        the default: bidirectional prompt, loss on response tokens (SPEC section 3)
+#   prefix_lm        the default: bidirectional prompt, loss on response tokens (docs/ARCHITECTURE.md#sequence-layout-and-objective)
 #   causal_response  causal mask everywhere, loss on response tokens
 #   causal_full      causal mask everywhere, loss on every next token of the example (prompt too)
 Objective = Literal["prefix_lm", "causal_response", "causal_full"]

@@ -56,7 +56,7 @@ _PAPER_RULES: tuple[tuple[str, str, int | None, int], ...] = (
     ("no_robots", "no_robots.jsonl", None, 10),
 )
 
-# The paper's mixture (tokens available, SPEC section 4), by category, in billions of tokens.
+# The paper's mixture (tokens available, docs/ARCHITECTURE.md#mixture-and-published-data), by category, in billions of tokens.
 PAPER_CATEGORIES: dict[str, float] = {
     "general": 138.7,
     "synth": 21.7,
@@ -114,7 +114,7 @@ def mixture_lines(meta: dict[str, Any]) -> list[str]:
         "",
         "## Mixture vs the paper",
         "",
-        f"Paper: tokens available per category (SPEC section 4, {PAPER_TOTAL_B:g}B in all). Here: tokens of the",
+        f"Paper: tokens available per category (the paper, {PAPER_TOTAL_B:g}B in all). Here: tokens of the",
         "eligible rows (after drops and truncation) and tokens sampled in epoch 0, with repeats.",
         "",
         "| category | paper (B) | paper share | available here | share | sampled epoch 0 | share |",
@@ -231,7 +231,7 @@ From raw sources instead (bounded memory, see docs/DATA.md): `hrm-text data conv
 |---|---|---:|---:|
 {rules}
 
-## The paper's mixture (tokens available, SPEC section 4: the paper's figures)
+## The paper's mixture (tokens available: the paper's figures)
 
 | category | tokens (B) | share |
 |---|---:|---:|
