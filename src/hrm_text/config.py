@@ -391,20 +391,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; errors name the file and what it should hold."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {p} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {p} is not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {p} must hold {expected}")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load YAML (optional), apply overrides, expand the model preset, validate everything."""
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of sections (model, data, train, eval)")
-        raw = loaded
+        raw = read_yaml_mapping(path, "config file", "a mapping of sections (model, data, train, eval)")
     raw = apply_overrides(raw, list(overrides or []))
     sections = {f.name for f in dataclasses.fields(Config)}
     for key in raw:

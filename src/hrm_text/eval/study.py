@@ -54,7 +54,7 @@ from typing import Any
 import torch
 import yaml
 
-from hrm_text.config import Config, ConfigError, load_config
+from hrm_text.config import Config, ConfigError, load_config, read_yaml_mapping
 from hrm_text.data.batch import apply_objective, pack_rows
 
 log = logging.getLogger(__name__)
@@ -120,14 +120,7 @@ def _sections(d: Any, where: str) -> dict[str, dict[str, Any]]:
 def load_grid(path: str | Path) -> Grid:
     """Read and check a grid file; errors name the key."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"grid file {p} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"grid file {p} is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"grid file {p} must hold a mapping (name, data, base, budgets, runs)")
+    raw = read_yaml_mapping(p, "grid file", "a mapping (name, data, base, budgets, runs)")
     allowed = {"name", "seed", "data", "eval", "base", "budgets", "runs"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
