@@ -92,6 +92,27 @@ def test_two_processes_match_one(tiny_data, tmp_path):
         assert abs(l1[s] - l2[s]) <= 1e-4 * abs(l1[s]), (s, l1[s], l2[s])
 
 
+def test_four_processes_match_one_resume_on_two_and_hsdp(tiny_data, tmp_path):
+    """4 gloo processes (FSDP2) give the losses of 1 process with 4 micro-steps; their checkpoint
+    resumes on 2 processes (2 micro-steps each); HSDP (2 replica groups x 2 shards) matches too."""
+    base = {"train.log_every": 1, "train.global_batch_tokens": 1024}
+    one, four, hsdp = tmp_path / "one", tmp_path / "four", tmp_path / "hsdp"
+    _run([DRIVER, "0", "KILL", "--", *tiny_train_overrides(tiny_data, one, 4, **base, **{"train.ckpt_every": 0})])
+    torchrun = ["-m", "torch.distributed.run", "--master_port", "29519"]
+    _run([*torchrun, "--nproc_per_node", "4", DRIVER, "0", "KILL", "--",
+          *tiny_train_overrides(tiny_data, four, 2, **base, **{"train.ckpt_every": 0})])
+    _run([*torchrun, "--nproc_per_node", "2", DRIVER, "0", "KILL", "--",
+          *tiny_train_overrides(tiny_data, four, 4, **base, **{"train.ckpt_every": 0})])  # resumes at step 2
+    _run([*torchrun, "--nproc_per_node", "4", DRIVER, "0", "KILL", "--",
+          *tiny_train_overrides(tiny_data, hsdp, 2, **base, **{"train.ckpt_every": 0, "train.fsdp_replicate": 2})])
+    l1, l4, lh = _losses(one), _losses(four), _losses(hsdp)
+    assert sorted(l1) == sorted(l4) == [1, 2, 3, 4] and sorted(lh) == [1, 2]
+    for s in l1:
+        assert abs(l1[s] - l4[s]) <= 1e-4 * abs(l1[s]), (s, l1[s], l4[s])
+    for s in lh:
+        assert abs(l1[s] - lh[s]) <= 1e-4 * abs(l1[s]), (s, l1[s], lh[s])
+
+
 def test_bad_config_key_stops_before_work(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="unknown key train.lrr"):
         load_config(None, tiny_train_overrides(tiny_data, tmp_path, 2) + ["train.lrr=1"])
@@ -224,12 +245,13 @@ def test_cpu_default_batch_when_unset_and_start_line(tiny_data, tmp_path, caplog
     unset = ("train.global_batch_tokens", "data.tokens_per_rank")
     cfg = _cfg(tiny_data, tmp_path / "a", 2, drop=unset)
     train(cfg, resume=None, progress=False)
-    assert (cfg.data.tokens_per_rank, cfg.train.global_batch_tokens) == (2048, 2048)
+    assert (cfg.data.tokens_per_rank, cfg.train.global_batch_tokens) == (16384, 196608)  # the caller's copy is untouched
     line = next(r.getMessage() for r in caplog.records if "batch:" in r.getMessage())
     assert "batch: 2,048 tokens per optimizer step = 1 process(es) x 1 micro-step(s) of accumulation x 2,048-token rows" in line
     assert "CPU default for preset tiny" in line and "196,608" in line and "steps per epoch, 2 steps in this run" in line
     saved = json.loads((tmp_path / "a" / "step_000002" / "config.json").read_text())
-    assert saved["train"]["global_batch_tokens"] == 2048 and "set_keys" not in saved
+    assert saved["train"]["global_batch_tokens"] == 2048 and saved["data"]["tokens_per_rank"] == 2048
+    assert "set_keys" not in saved
     caplog.clear()
     cfg = _cfg(tiny_data, tmp_path / "b", 1)  # both set (512 = 2 x 256): untouched
     train(cfg, resume=None, progress=False)

@@ -107,6 +107,7 @@ def apply_fsdp2(
     reshard_after_forward: bool = True,
     sum_gradients: bool = True,
     forward_methods: Sequence[str] = ("loss",),
+    replicate: int = 1,
 ) -> nn.Module:
     """Shard `model` with FSDP2: `fully_shard` on each block, then on the root.
 
@@ -127,6 +128,9 @@ def apply_fsdp2(
     FSDP only hooks `forward`, so without registering them the root's parameters (embeddings, head)
     would stay sharded when the trainer calls `model.loss(batch)`. Register only outermost entry
     points: a registered method called from another one reshards the root when it returns.
+    `replicate` > 1 is HSDP: a 2-D device mesh (replicate x shard) with parameters sharded within
+    each group of world/replicate ranks and replicated across the groups (gradients are
+    reduce-scattered within a group, then all-reduced across groups).
     Returns the same module object (fully_shard works in place).
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
@@ -134,6 +138,14 @@ def apply_fsdp2(
     if not is_initialized():
         raise RuntimeError("apply_fsdp2 needs a process group: launch with torchrun (init_distributed)")
     kwargs: dict = {"reshard_after_forward": reshard_after_forward}
+    world = dist.get_world_size()
+    if replicate < 1 or world % replicate:
+        raise ValueError(f"train.fsdp_replicate={replicate} must divide the {world} processes")
+    if replicate > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        kwargs["mesh"] = init_device_mesh(device_type, (replicate, world // replicate), mesh_dim_names=("replicate", "shard"))
     if mp_dtype is not None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32)
     for block in blocks:

@@ -244,7 +244,7 @@ def train(
         use_bf16 = t.dtype == "bf16" and device.type == "cuda"
         if dist.world_size > 1:
             apply_fsdp2(model, model.blocks(), mp_dtype=torch.bfloat16 if use_bf16 else None,
-                        reshard_after_forward=t.fsdp_reshard_after_forward)
+                        reshard_after_forward=t.fsdp_reshard_after_forward, replicate=t.fsdp_replicate)
         prepare_model(model, t, device)
         opt = AdamAtan2([p for p in model.parameters() if p.requires_grad], lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
         ema = ModelEMA(model, decay=t.ema_decay, warmup=t.ema_warmup)
