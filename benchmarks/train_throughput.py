@@ -147,7 +147,16 @@ def worker(args: argparse.Namespace) -> None:
         step_mod = None
     phase(f"imported (inductor compile_threads={torch._inductor.config.compile_threads})")
     opts = json.loads(args.opts)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # cpu: smoke runs only
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun (--gpus N): one process per GPU
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        import torch.distributed as dist
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")  # cpu: smoke runs
     extra = {"n_layers": args.layers} if args.layers else {}
     mcfg = model_config(args.preset, arch=args.arch, max_seq_len=max(4096, args.tokens), **extra)
     cfg = Config(model=mcfg)
@@ -156,6 +165,11 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     with torch.device(dev):
         model = HRMTextLM(mcfg)
+    if world > 1:  # the trainer's FSDP2 wrapping (bf16 compute, fp32 master), before compile
+        from hrm_text.train.distributed import apply_fsdp2
+
+        apply_fsdp2(model, model.blocks(), mp_dtype=torch.bfloat16 if dev.type == "cuda" else None,
+                    reshard_after_forward=cfg.train.fsdp_reshard_after_forward)
     if step_mod is not None:
         step_mod.prepare_model(model, cfg.train, dev)
     elif cfg.train.compile:
@@ -167,7 +181,7 @@ def worker(args: argparse.Namespace) -> None:
     rows = torch.load(args.rows_file)
     fields = set(PackedBatch.__dataclass_fields__)
     batches = []
-    for i in range(rows["input_ids"].shape[0]):
+    for i in range(rank, rows["input_ids"].shape[0], world):  # each rank its own rows
         b = PackedBatch(**{k: v[i : i + 1] for k, v in rows.items() if k in fields})
         if hasattr(b, "with_loss_index"):
             b = b.with_loss_index()
@@ -225,7 +239,17 @@ def worker(args: argparse.Namespace) -> None:
         res["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
         res["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 1e9, 2)
     res["step_s_median"] = round(sorted(times)[len(times) // 2], 4)
-    res["tokens_per_s"] = round(sum(reals) / sum(times), 1)
+    res["tokens_per_s"] = round(sum(reals) / sum(times), 1)  # this rank's (= per GPU)
+    res["gpus"] = world
+    if world > 1:  # slowest rank's time sets the pace; total = sum over ranks
+        import torch.distributed as dist
+
+        tot = torch.tensor([float(sum(reals)), sum(times)], dtype=torch.float64, device=dev)
+        mx = tot.clone()
+        dist.all_reduce(tot)
+        dist.all_reduce(mx, op=dist.ReduceOp.MAX)
+        res["tokens_per_s_total"] = round(float(tot[0]) / float(mx[1]), 1)
+        res["tokens_per_s"] = round(res["tokens_per_s_total"] / world, 1)
     res["losses"] = [round(x, 5) for x in losses]
     phase("timed steps done")
     faulthandler.cancel_dump_traceback_later()
@@ -247,7 +271,12 @@ def worker(args: argparse.Namespace) -> None:
         res["compile_times"] = compile_times(repr="str")[-2000:]
     except Exception:  # noqa: BLE001 - diagnostics only
         pass
-    print("RESULT " + json.dumps(res), flush=True)
+    if rank == 0:
+        print("RESULT " + json.dumps(res), flush=True)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +310,11 @@ def run_variant(args: argparse.Namespace, name: str, src: str, opts: dict[str, A
     cache = tempfile.mkdtemp(prefix=f"inductor_{name}_")  # fresh: the cold start is measured
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
                HRM_BENCH_LAUNCH=repr(time.time()), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, __file__, "--worker", "--name", name, "--src", src, "--opts", json.dumps(opts),
+    launch = [sys.executable]
+    if args.gpus > 1:  # NVLink multicast stays off (the device machines' rule; NCCL otherwise may use it)
+        env.update(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NVSHMEM_DISABLE_NVLS="1")
+        launch += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.gpus)]
+    cmd = [*launch, __file__, "--worker", "--name", name, "--src", src, "--opts", json.dumps(opts),
            "--rows-file", str(rows), "--preset", args.preset, "--arch", args.arch, "--K", str(args.K),
            "--tokens", str(args.tokens), "--steps", str(args.steps), "--trace-dir", str(out)]
     if args.layers:
@@ -318,6 +351,9 @@ def main() -> None:
     ap.add_argument("--baseline-commit", default=None)
     ap.add_argument("--baseline-src", default=None)
     ap.add_argument("--profile", action="store_true", help="split two steps' kernel time by kind of work")
+    ap.add_argument("--gpus", type=int, default=1,
+                    help="GPUs (torchrun, FSDP2, one row per GPU per step); with N > 1 each variant also runs "
+                         "on 1 GPU for the scaling efficiency (per-GPU tokens/s over 1-GPU tokens/s)")
     ap.add_argument("--variant-timeout", type=int, default=480)
     ap.add_argument("--out", default="train_throughput_out")
     # worker-only
@@ -342,7 +378,7 @@ def main() -> None:
     extra = {"n_layers": args.layers} if args.layers else {}
     cfg = model_config(args.preset, arch=args.arch, max_seq_len=max(4096, args.tokens), **extra)
     rows_path = Path(tempfile.mkdtemp(prefix="hrm_rows_")) / "rows.pt"  # not under OUT: only results travel back
-    torch.save(make_rows(args.tokens, args.rows, cfg.vocab_size, seed=0), rows_path)
+    torch.save(make_rows(args.tokens, max(args.rows, args.rows * args.gpus), cfg.vocab_size, seed=0), rows_path)
 
     variants: list[tuple[str, str, dict[str, Any]]] = []
     base_src = args.baseline_src
@@ -360,9 +396,15 @@ def main() -> None:
     flops_tok = train_flops_per_token(cfg, args.K)
     flops_tok_head = train_flops_per_token(cfg, args.K, include_head=True)
     results = []
+    if args.gpus > 1:  # the 1-GPU reference of each variant, same shape and rows
+        variants = [(f"{n}@1gpu", s_, o) for n, s_, o in variants] + [(f"{n}@{args.gpus}gpu", s_, o) for n, s_, o in variants]
     for name, src, opts in variants:
         print(f"== {name} ({src}) {opts}", flush=True)
+        saved_gpus = args.gpus
+        if name.endswith("@1gpu"):
+            args.gpus = 1
         r = run_variant(args, name, src, opts, rows_path, out)
+        args.gpus = saved_gpus
         if "tokens_per_s" in r:
             tps = r["tokens_per_s"]
             r["model_tflops"] = round(tps * flops_tok / 1e12, 1)
@@ -371,7 +413,12 @@ def main() -> None:
             r["mfu_989_with_head"] = round(tps * flops_tok_head / 989e12, 4)
         results.append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "compile_times"}), flush=True)
-    base = next((r for r in results if r["variant"] == "baseline" and "tokens_per_s" in r), None)
+    for r in results:  # scaling efficiency: per-GPU rate on N GPUs over the same variant on 1
+        if r["variant"].endswith(f"@{args.gpus}gpu") and args.gpus > 1 and "tokens_per_s" in r:
+            one = next((x for x in results if x["variant"] == r["variant"].replace(f"@{args.gpus}gpu", "@1gpu")), {})
+            if "tokens_per_s" in one:
+                r["scaling_efficiency"] = round(r["tokens_per_s"] / one["tokens_per_s"], 3)
+    base = next((r for r in results if r["variant"].startswith("baseline") and "tokens_per_s" in r), None)
     for r in results:
         if base and "tokens_per_s" in r:
             r["speedup_vs_baseline"] = round(r["tokens_per_s"] / base["tokens_per_s"], 3)
@@ -384,14 +431,15 @@ def main() -> None:
     (out / "train_throughput.json").write_text(json.dumps(summary, indent=2))
     print(f"\n{summary['device']}, {args.preset}{' ' + str(args.layers) + ' layers' if args.layers else ''}, K={args.K}, "
           f"{args.tokens}-token rows, matmul {summary['measured_bf16_matmul_tflops']} TFLOP/s measured")
-    print("| variant | tokens/s | x baseline | model TFLOP/s | MFU (989) | MFU (measured mm) | peak GB | cold start s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | tokens/s per GPU | x baseline | model TFLOP/s | MFU (989) | MFU (measured mm) | peak GB | cold start s | scaling |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if "tokens_per_s" not in r:
             print(f"| {r['variant']} | {r.get('error')} |")
             continue
         print(f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {r.get('speedup_vs_baseline', '')} | {r['model_tflops']} | "
-              f"{r['mfu_989']:.3f} | {r['mfu_measured_matmul']:.3f} | {r.get('peak_mem_gb', '')} | {r['cold_start_s']} |")
+              f"{r['mfu_989']:.3f} | {r['mfu_measured_matmul']:.3f} | {r.get('peak_mem_gb', '')} | {r['cold_start_s']} | "
+              f"{r.get('scaling_efficiency', '')} |")
     for r in results:
         if "profile_ms_per_step" in r:
             print(f"profile {r['variant']} (ms/step): {r['profile_ms_per_step']}")
