@@ -10,6 +10,7 @@ import torch
 
 from hrm_text.config import model_config
 from hrm_text.infer.decode_attention import decode_attention, decode_attention_reference, fused_decode_available
+from hrm_text.infer.decode_block import attn_finish, attn_inputs, finish_gated, fused_projection
 from hrm_text.infer.engine import Engine, greedy
 from hrm_text.model.attention import AttnMask, attention
 from hrm_text.model.kv_cache import CacheView
@@ -45,18 +46,18 @@ def test_reference_matches_the_block_path():
 
     # the model's path: project (norm, gqkv, RoPE) -> cache write -> masked attention -> gate, o_proj
     kc, vc = k0.clone(), v0.clone()
-    gate, q, k, v = block.attn_inputs(x, rope)
+    gate, q, k, v = attn_inputs(block, x, rope)
     k, v = CacheView(kc, vc, pos).update(k, v)
     valid = (torch.arange(L)[None, :] <= pos).view(B, 1, 1, L)
     want = block.attn.output(gate, attention(q, k, v, AttnMask("sdpa", dense=valid)))
 
     kr, vr = k0.clone(), v0.clone()
-    gated = decode_attention_reference(block.fused_projection(x), rope[0], rope[1], kr, vr, pos, H)
+    gated = decode_attention_reference(fused_projection(block, x), rope[0], rope[1], kr, vr, pos, H)
     torch.testing.assert_close(block.attn.o_proj(gated), want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(kr, kc)
     torch.testing.assert_close(vr, vc)
     # and the full block built from the fused pieces equals Block.forward's decode result
-    torch.testing.assert_close(block.finish_gated(x, gated), block.attn_finish(x, gate, attention(q, k, v, AttnMask("sdpa", dense=valid))))
+    torch.testing.assert_close(finish_gated(block, x, gated), attn_finish(block, x, gate, attention(q, k, v, AttnMask("sdpa", dense=valid))))
     # rows beyond pos were not touched
     for b, p in enumerate(pos.view(-1).tolist()):
         assert torch.equal(kr[b, :, p + 1 :], k0[b, :, p + 1 :])

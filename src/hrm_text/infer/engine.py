@@ -9,7 +9,8 @@ How a request runs:
      request at the next step: continuous batching over `max_batch` rows.
 On CUDA the decode step is captured once in a CUDA graph and replayed (static shapes: input token,
 position and the cache), which removes the per-kernel launch cost that dominates small-batch
-decoding of a model that runs 8 stack calls per token; each block's attention is one fused Triton
+decoding of a model that runs 8 stack calls per token; the step runs block by block with the
+block's dense parts compiled once (decode_block.py), each block's attention is one fused Triton
 kernel (decode_attention.py), and greedy steps are pipelined (see `Engine.run`). On CPU it simply
 runs. docs/INFERENCE.md lists the switches, docs/PERFORMANCE.md what each one gained.
 """
@@ -25,9 +26,9 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from hrm_text.infer.decode_attention import decode_attention, fused_decode_available
-from hrm_text.model.attention import AttnMask, attention
-from hrm_text.model.kv_cache import CacheView
+from hrm_text.infer.decode_attention import fused_decode_available
+from hrm_text.infer.decode_block import BlockFn, CompiledDecodeBlock, decode_hidden, eager_block
+from hrm_text.model.attention import AttnMask
 from hrm_text.model.lm import HRMTextLM
 from hrm_text.model.lora import has_lora
 
@@ -157,7 +158,7 @@ class Engine:
         # step); from two rows on they lose (docs/PERFORMANCE.md). HRM_TEXT_DECODE_GEMV_ROWS overrides.
         gemv_rows = int(os.environ.get("HRM_TEXT_DECODE_GEMV_ROWS", gemv_rows if gemv_rows is not None else 1))
         self._gemv = bool(fused_attention and max_batch <= gemv_rows)
-        self._block_fn = _CompiledDecodeBlock(fused=fused_attention, gemv=self._gemv) if use_compile else None
+        self._block_fn: BlockFn = CompiledDecodeBlock(fused=fused_attention, gemv=self._gemv) if use_compile else eager_block
 
     # ------------------------------------------------------------------ model calls
     @torch.no_grad()
@@ -180,7 +181,7 @@ class Engine:
         if not self.prefix_lm:
             dense = dense & (keys <= self._key_idx[None, None, :T, None])
         rows_t = torch.tensor(rows, device=self.device)
-        h = self.model.hidden(ids, pos, AttnMask("sdpa", dense=dense), None, self.cache.prompt_writes(), pos, rows_t)
+        h = self.model.hidden(ids, pos, AttnMask("sdpa", dense=dense), None, self.cache.prompt_writes(), cache_positions=pos, cache_rows=rows_t)
         last = h[torch.arange(n, device=self.device), lens_d - 1]
         return self.model.lm_head(last).float()
 
@@ -190,14 +191,7 @@ class Engine:
         else:  # additive float mask built once per step (a boolean one is converted again in every layer)
             valid = (self._key_idx[None, :] <= self._pos).view(self.max_batch, 1, 1, self.max_len)
             dense = torch.zeros(valid.shape, dtype=self.dtype, device=self.device).masked_fill_(~valid, float("-inf"))
-        stacks = list(self.model.model.stacks().values())
-        for st in stacks:
-            st.layer_call = self._block_fn
-        try:
-            h = self.model.hidden(self._tok, self._pos, AttnMask("sdpa", dense=dense), None, self.cache, self._pos)
-        finally:
-            for st in stacks:
-                st.layer_call = None
+        h = decode_hidden(self.model.model, self._tok, self._pos, AttnMask("sdpa", dense=dense), self.cache, self._block_fn)
         return self.model.lm_head(h[:, -1]).float()
 
     @torch.no_grad()
@@ -407,80 +401,6 @@ class Engine:
         if text is None and self.decode_text is not None:
             text = self.decode_text(row.generated)
         return Result(row.req.request_id, row.req.prompt_ids, row.generated, reason, text)
-
-
-class _CompiledDecodeBlock:
-    """Runs one decode block in three parts, the two dense ones compiled once and shared by every
-    block and stack call:
-
-      unfused: compiled(norm, gqkv, RoPE) -> eager cache write + attention -> compiled(gate, o_proj,
-               residual, norm, SwiGLU, residual)
-      fused:   compiled(norm, gqkv) -> Triton decode_attention (RoPE, cache write, attention, gate)
-               -> compiled(o_proj, residual, norm, SwiGLU, residual)
-
-    The cache write stays outside the compiled parts: a compiled in-place write into a cache passed
-    as input can copy the whole slot.
-    """
-
-    def __init__(self, mode: str | None = None, fused: bool = False, gemv: bool = False) -> None:
-        # HRM_TEXT_DECODE_COMPILE_MODE=max-autotune-no-cudagraphs lets inductor tune the decode matmuls
-        # (minutes of compilation at start-up); the default mode compiles in seconds
-        mode = mode or os.environ.get("HRM_TEXT_DECODE_COMPILE_MODE") or None
-        self.fused = fused
-        if fused and gemv:
-            # matmuls as multiply + sum: inductor emits them as reduction kernels fused with the norm,
-            # residual and SwiGLU work around them, tuned by coordinate descent
-            opts = {"coordinate_descent_tuning": True}
-            self.pre = torch.compile(_block_projection_gemv, dynamic=False, options=opts)
-            self.post = torch.compile(_block_finish_gated_gemv, dynamic=False, options=opts)
-        elif fused:
-            self.pre = torch.compile(_block_projection, dynamic=False, mode=mode)
-            self.post = torch.compile(_block_finish_gated, dynamic=False, mode=mode)
-        else:
-            self.pre = torch.compile(_block_pre, dynamic=False, mode=mode)
-            self.post = torch.compile(_block_post, dynamic=False, mode=mode)
-
-    def __call__(self, block: torch.nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: AttnMask, view: CacheView | None) -> torch.Tensor:
-        if self.fused:
-            assert view is not None and view.rows is None, "the fused path decodes into every cache row"
-            cos, sin = rope
-            gated = decode_attention(
-                self.pre(block, x), cos, sin, view.k, view.v, view.positions.reshape(-1), block.attn.num_heads  # type: ignore[union-attr]
-            )
-            return self.post(block, x, gated)
-        gate, q, k, v = self.pre(block, x, rope)
-        if view is not None:
-            k, v = view.update(k, v)
-        return self.post(block, x, gate, attention(q, k, v, mask))
-
-
-def _block_pre(block: torch.nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    return block.attn_inputs(x, rope)  # type: ignore[operator]
-
-
-def _block_post(block: torch.nn.Module, x: torch.Tensor, gate: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-    return block.attn_finish(x, gate, attn_out)  # type: ignore[operator]
-
-
-def _block_projection(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return block.fused_projection(x)  # type: ignore[operator]
-
-
-def _block_finish_gated(block: torch.nn.Module, x: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
-    return block.finish_gated(x, gated)  # type: ignore[operator]
-
-
-def _rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w.T for a few rows, written as a float32 multiply + sum (one reduction per output)."""
-    return (x.float().unsqueeze(-2) * w.float()).sum(-1).to(x.dtype)
-
-
-def _block_projection_gemv(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return block.fused_projection(x, _rows_linear)  # type: ignore[operator]
-
-
-def _block_finish_gated_gemv(block: torch.nn.Module, x: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
-    return block.finish_gated(x, gated, _rows_linear)  # type: ignore[operator]
 
 
 def greedy(engine: Engine, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:

@@ -16,9 +16,9 @@ from torch.utils.checkpoint import checkpoint
 
 from hrm_text.config import ModelConfig
 from hrm_text.model.attention import AttnMask
-from hrm_text.model.kv_cache import PromptWrites, StaticKVCache
+from hrm_text.model.kv_cache import CacheView, PromptWrites, StaticKVCache
 from hrm_text.model.layers import RotaryEmbedding, Stack, trunc_normal_
-from hrm_text.model.schedule import StateInit, build_schedule
+from hrm_text.model.schedule import Call, StateInit, build_schedule
 
 
 class RecurrentCore(nn.Module):
@@ -50,6 +50,34 @@ class RecurrentCore(nn.Module):
     def stacks(self) -> dict[str, Stack]:
         return {name: getattr(self, name) for name in self.schedule.stacks}
 
+    def initial_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """Every state before the first stack call, and the RoPE tables for `position_ids`."""
+        x = self.embed_tokens(input_ids) * self.embedding_scale
+        states: dict[str, torch.Tensor] = {}
+        for name, how in self.schedule.init.items():
+            if how is StateInit.EMBED:
+                states[name] = x
+            elif how is StateInit.Z_L_INIT:
+                states[name] = self.z_L_init.to(x.dtype).expand_as(x)
+            else:
+                states[name] = torch.zeros_like(x)
+        return states, self.rope(position_ids)
+
+    @staticmethod
+    def call_input(states: dict[str, torch.Tensor], call: Call) -> torch.Tensor:
+        """The sum of the states a stack call reads."""
+        inp = states[call.inputs[0]]
+        for name in call.inputs[1:]:
+            inp = inp + states[name]
+        return inp
+
+    def cache_views(
+        self, cache: StaticKVCache | PromptWrites, index: int, call: Call, positions: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> list[CacheView]:
+        """One cache view per block of the `index`-th stack call: each block of each call owns a slot."""
+        first = index * self.schedule.layers_per_call
+        return [cache.view(first + j, positions, rows) for j in range(self.schedule.stacks[call.stack])]
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -57,39 +85,28 @@ class RecurrentCore(nn.Module):
         mask: AttnMask,
         bp_steps: int | None = None,
         cache: StaticKVCache | PromptWrites | None = None,
+        *,
         cache_positions: torch.Tensor | None = None,
         cache_rows: torch.Tensor | None = None,
-        *,
         remat_calls: int = 0,
     ) -> torch.Tensor:
         """Return the output state [B, T, hidden]. `bp_steps` = K recorded calls (None: all calls run
-        under the ambient grad mode). With `cache`, keys/values are written at `cache_positions`.
+        under the ambient grad mode). With `cache`, keys/values are written at `cache_positions`
+        (default: `position_ids`) of the cache rows `cache_rows` (default: all).
         `remat_calls`: the first N recorded calls keep only their input for backward and run their
         forward again there (activation checkpointing per stack call: memory for one extra forward)."""
         sched = self.schedule
-        x = self.embed_tokens(input_ids) * self.embedding_scale
-        rope = self.rope(position_ids)
-        states: dict[str, torch.Tensor] = {}
-        for name, how in sched.init.items():
-            if how is StateInit.EMBED:
-                states[name] = x
-            elif how is StateInit.Z_L_INIT:
-                states[name] = self.z_L_init.to(x.dtype).expand_as(x)
-            else:
-                states[name] = torch.zeros_like(x)
+        states, rope = self.initial_states(input_ids, position_ids)
         recorded = sched.recorded(bp_steps)
         remat = set([i for i, r in enumerate(recorded) if r][:remat_calls]) if torch.is_grad_enabled() else set()
-        per_call = sched.layers_per_call
         stacks = self.stacks()
         for i, call in enumerate(sched.calls):
             views = None
             if cache is not None:
                 pos = cache_positions if cache_positions is not None else position_ids
-                views = [cache.view(i * per_call + j, pos, cache_rows) for j in range(sched.stacks[call.stack])]
+                views = self.cache_views(cache, i, call, pos, cache_rows)
             with nullcontext() if recorded[i] else torch.no_grad():
-                inp = states[call.inputs[0]]
-                for name in call.inputs[1:]:
-                    inp = inp + states[name]
+                inp = self.call_input(states, call)
                 if i in remat:
                     states[call.target] = checkpoint(stacks[call.stack], inp, rope, mask, views, use_reentrant=False)
                 else:

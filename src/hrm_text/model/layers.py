@@ -135,34 +135,9 @@ class Block(nn.Module):
         x = x + self.attn(rms_norm(x, self.eps), rope, mask, cache)
         return x + self.mlp(rms_norm(x, self.eps))
 
-    # The same computation in three parts, for the decode path: the two dense parts are compiled
-    # once and shared by every block; the cache write and attention between them stay eager (a
-    # compiled in-place write into a cache passed as input can copy the whole cache).
-    def attn_inputs(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        return self.attn.project(rms_norm(x, self.eps), rope)
-
-    def attn_finish(self, x: torch.Tensor, gate: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn.output(gate, attn_out)
-        return x + self.mlp(rms_norm(x, self.eps))
-
-    # The fused decode kernel (infer/decode_attention.py) takes the raw projection and returns the
-    # gated attention output, so the dense parts around it shrink to these two. `linear` lets the
-    # engine swap how the matmuls are written (one-row decoding uses multiply + sum).
-    def fused_projection(self, x: torch.Tensor, linear: Linear = F.linear) -> torch.Tensor:
-        return linear(rms_norm(x, self.eps), self.attn.gqkv_proj.weight)
-
-    def finish_gated(self, x: torch.Tensor, gated: torch.Tensor, linear: Linear = F.linear) -> torch.Tensor:
-        x = x + linear(gated, self.attn.o_proj.weight)
-        return x + self.mlp(rms_norm(x, self.eps), linear)
-
 
 class Stack(nn.Module):
-    """`n` pre-norm blocks then one final norm at the exit: MagicNorm (docs/ARCHITECTURE.md#magicnorm).
-
-    `layer_call`, when set, runs each block as `layer_call(block, x, rope, mask, cache_view)`: the
-    inference engine points it at one compiled function while decoding, so every block of every
-    stack call shares a single compiled kernel set.
-    """
+    """`n` pre-norm blocks then one final norm at the exit: MagicNorm (docs/ARCHITECTURE.md#magicnorm)."""
 
     def __init__(self, n_layers: int, hidden_size: int, num_heads: int, head_dim: int, intermediate_size: int, eps: float):
         super().__init__()
@@ -170,7 +145,6 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(
             [Block(hidden_size, num_heads, head_dim, intermediate_size, eps) for _ in range(n_layers)]
         )
-        self.layer_call: Callable[..., torch.Tensor] | None = None
 
     def forward(
         self,
@@ -179,8 +153,7 @@ class Stack(nn.Module):
         mask: AttnMask,
         cache_views: list[CacheView] | None = None,
     ) -> torch.Tensor:
-        call = self.layer_call
         for i, layer in enumerate(self.layers):
             view = None if cache_views is None else cache_views[i]
-            x = layer(x, rope, mask, view) if call is None else call(layer, x, rope, mask, view)
+            x = layer(x, rope, mask, view)
         return rms_norm(x, self.eps)

@@ -71,16 +71,36 @@ class HRMTextLM(nn.Module):
         mask: AttnMask,
         bp_steps: int | None = None,
         cache: StaticKVCache | PromptWrites | None = None,
+        *,
         cache_positions: torch.Tensor | None = None,
         cache_rows: torch.Tensor | None = None,
-        *,
         remat_calls: int = 0,
     ) -> torch.Tensor:
-        return self.model(input_ids, position_ids, mask, bp_steps, cache, cache_positions, cache_rows, remat_calls=remat_calls)
+        """The recurrent core's output state [B, T, hidden]; arguments as for `RecurrentCore.forward`."""
+        return self.model(
+            input_ids, position_ids, mask, bp_steps, cache,
+            cache_positions=cache_positions, cache_rows=cache_rows, remat_calls=remat_calls,
+        )
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: AttnMask, *args, **kwargs) -> torch.Tensor:
-        """Logits [B, T, padded_vocab]; further arguments as for `hidden`."""
-        return self.lm_head(self.hidden(input_ids, position_ids, mask, *args, **kwargs))
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        mask: AttnMask,
+        bp_steps: int | None = None,
+        cache: StaticKVCache | PromptWrites | None = None,
+        *,
+        cache_positions: torch.Tensor | None = None,
+        cache_rows: torch.Tensor | None = None,
+        remat_calls: int = 0,
+    ) -> torch.Tensor:
+        """Logits [B, T, padded_vocab]; arguments as for `hidden`."""
+        return self.lm_head(
+            self.hidden(
+                input_ids, position_ids, mask, bp_steps, cache,
+                cache_positions=cache_positions, cache_rows=cache_rows, remat_calls=remat_calls,
+            )
+        )
 
     def loss(self, batch: PackedBatch, bp_steps: int | None = None, mask: AttnMask | None = None, remat_calls: int = 0) -> LossOutput:
         """Response-only cross-entropy (docs/ARCHITECTURE.md#sequence-layout-and-objective), summed; the
