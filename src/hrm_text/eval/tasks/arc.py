@@ -3,19 +3,11 @@ letter (docs/ARCHITECTURE.md#evaluation-protocol)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from hrm_text.eval.tasks.base import BenchmarkSpec, Example, PaperTask, row_id
-from hrm_text.eval.tasks.multiple_choice import (
-    MC_NEW_TOKENS,
-    MC_PREAMBLE,
-    answer_reference,
-    letter_index,
-    mc_instruction,
-    question_block,
-    score_multiple_choice,
-)
+from hrm_text.eval.tasks.base import BenchmarkSpec, Example, row_id
+from hrm_text.eval.tasks.multiple_choice import MC_NEW_TOKENS, letter_index, mc_task, question_block
 
 SPEC = BenchmarkSpec(
     "arc_challenge", "ARC-C", "mc", 25, "test", "train", "direct", 4096, MC_NEW_TOKENS,
@@ -46,11 +38,4 @@ def normalize(row: Mapping[str, Any]) -> Example:
     }
 
 
-def build_instruction(ex: Mapping[str, Any], shots: Sequence[Mapping[str, Any]]) -> str:
-    return mc_instruction(MC_PREAMBLE, question_block, ex, shots)
-
-
-TASK = PaperTask(
-    name=SPEC.name, score=score_multiple_choice, primary="acc", spec=SPEC, normalize=normalize,
-    build_instruction=build_instruction, reference=answer_reference,
-)
+TASK = mc_task(SPEC, normalize, question_block)

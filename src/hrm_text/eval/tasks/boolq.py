@@ -3,18 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from hrm_text.eval.tasks.base import BenchmarkSpec, Example, PaperTask, row_id
-from hrm_text.eval.tasks.multiple_choice import (
-    MC_NEW_TOKENS,
-    MC_PREAMBLE,
-    answer_reference,
-    mc_instruction,
-    options,
-    score_multiple_choice,
-)
+from hrm_text.eval.tasks.base import BenchmarkSpec, Example, row_id
+from hrm_text.eval.tasks.multiple_choice import MC_NEW_TOKENS, mc_task, options
 
 SPEC = BenchmarkSpec(
     "boolq", "BoolQ", "mc", 5, "validation", "train", "direct", 4096, MC_NEW_TOKENS,
@@ -52,11 +45,4 @@ def _block(ex: Mapping[str, Any]) -> str:
     return f"{title}Passage: {ex['passage']}\nQuestion: {ex['question']}\n{options(ex['choices'])}\nAnswer:"
 
 
-def build_instruction(ex: Mapping[str, Any], shots: Sequence[Mapping[str, Any]]) -> str:
-    return mc_instruction(MC_PREAMBLE, _block, ex, shots)
-
-
-TASK = PaperTask(
-    name=SPEC.name, score=score_multiple_choice, primary="acc", spec=SPEC, normalize=normalize,
-    build_instruction=build_instruction, reference=answer_reference,
-)
+TASK = mc_task(SPEC, normalize, _block)

@@ -4,18 +4,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from hrm_text.eval.tasks.base import BenchmarkSpec, Example, PaperTask, row_id
-from hrm_text.eval.tasks.multiple_choice import (
-    MC_NEW_TOKENS,
-    MC_PREAMBLE,
-    answer_reference,
-    mc_instruction,
-    options,
-    score_multiple_choice,
-)
+from hrm_text.eval.tasks.base import BenchmarkSpec, Example, row_id
+from hrm_text.eval.tasks.multiple_choice import MC_NEW_TOKENS, mc_task, options
 
 SPEC = BenchmarkSpec(
     "hellaswag", "HellaSwag", "mc", 10, "validation", "train", "direct", 4096, MC_NEW_TOKENS,
@@ -55,11 +48,4 @@ def _block(ex: Mapping[str, Any]) -> str:
     return f"Context: {ex['question']}\nWhich ending is the most plausible?\n{options(ex['choices'])}\nAnswer:"
 
 
-def build_instruction(ex: Mapping[str, Any], shots: Sequence[Mapping[str, Any]]) -> str:
-    return mc_instruction(MC_PREAMBLE, _block, ex, shots)
-
-
-TASK = PaperTask(
-    name=SPEC.name, score=score_multiple_choice, primary="acc", spec=SPEC, normalize=normalize,
-    build_instruction=build_instruction, reference=answer_reference,
-)
+TASK = mc_task(SPEC, normalize, _block)

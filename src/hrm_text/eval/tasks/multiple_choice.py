@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hrm_text.eval import scoring
-from hrm_text.eval.tasks.base import EvalItem
+from hrm_text.eval.tasks.base import BenchmarkSpec, EvalItem, PaperTask
 
 __all__ = [
     "MC_NEW_TOKENS",
@@ -75,3 +75,15 @@ def score_multiple_choice(item: EvalItem, generation: Any) -> dict[str, float]:
     invalid = scoring.extract_letter(generation, n) is None
     return {"acc": scoring.score_multiple_choice(generation, int(item.reference), n),
             "invalid": 1.0 if invalid else 0.0}
+
+
+def mc_task(spec: BenchmarkSpec, normalize: Callable[..., Any], block: Callable[[Mapping[str, Any]], str]) -> PaperTask:
+    """A one-letter multiple-choice task: shared preamble, `block` per question, letter scoring."""
+
+    def build_instruction(ex: Mapping[str, Any], shots: Sequence[Mapping[str, Any]]) -> str:
+        return mc_instruction(MC_PREAMBLE, block, ex, shots)
+
+    return PaperTask(
+        name=spec.name, score=score_multiple_choice, primary="acc", spec=spec, normalize=normalize,
+        build_instruction=build_instruction, reference=answer_reference,
+    )
