@@ -46,6 +46,18 @@ def test_fused_adam_atan2_matches_foreach() -> None:
         assert torch.allclose(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=1e-6, atol=1e-9)
 
 
+def _prepared(mcfg, **train_opts) -> HRMTextLM:
+    """A seeded model on the GPU with `train.*` settings applied as the trainer applies them."""
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = HRMTextLM(mcfg)
+    cfg = Config(model=mcfg)
+    for k, v in train_opts.items():
+        setattr(cfg.train, k, v)
+    prepare_model(model, cfg.train, torch.device("cuda"))
+    return model
+
+
 @pytest.mark.parametrize("recompute_calls", [0, 2])
 def test_compiled_step_matches_eager(recompute_calls: int) -> None:
     """Compiled blocks, the fused loss and per-call recompute give the eager step's loss and grads."""
@@ -53,12 +65,7 @@ def test_compiled_step_matches_eager(recompute_calls: int) -> None:
     batch = _batch(1024, mcfg.vocab_size, 0).with_loss_index().to("cuda")
     grads = []
     for compile_ in (False, True):
-        torch.manual_seed(0)
-        with torch.device("cuda"):
-            model = HRMTextLM(mcfg)
-        cfg = Config(model=mcfg)
-        cfg.train.compile = compile_
-        prepare_model(model, cfg.train, torch.device("cuda"))
+        model = _prepared(mcfg, compile=compile_)
         out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), True, recompute_calls if compile_ else 0)
         grads.append((out.loss_sum, [p.grad.clone() for p in model.parameters()]))
     (l0, g0), (l1, g1) = grads
@@ -76,12 +83,7 @@ def test_fp8_step_runs_and_stays_close_to_bf16() -> None:
     batch = _batch(2048, mcfg.vocab_size, 1).with_loss_index().to("cuda")
     losses = []
     for fp8 in (False, True):
-        torch.manual_seed(0)
-        with torch.device("cuda"):
-            model = HRMTextLM(mcfg)
-        cfg = Config(model=mcfg)
-        cfg.train.fp8 = fp8
-        prepare_model(model, cfg.train, torch.device("cuda"))
+        model = _prepared(mcfg, fp8=fp8)
         out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)
         losses.append(float(out.loss_sum))
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
