@@ -1,12 +1,13 @@
 """The PrefixLM mask equals a brute-force per-example construction on random packings."""
 
 import random
+import warnings
 
 import pytest
 import torch
 
 from hrm_text.data.batch import pack_rows
-from hrm_text.model.attention import _fa3_varlen, build_prefix_lm_mask, dense_prefix_lm_mask, varlen_info
+from hrm_text.model.attention import _two_call_varlen, build_prefix_lm_mask, dense_prefix_lm_mask, varlen_info
 
 
 def brute_force_mask(rows, T):
@@ -96,15 +97,68 @@ def _naive_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_fa3_two_call_decomposition_matches_dense(seed):
-    """The fa3 backend's split (prompt non-causal, response causal bottom-right) equals the mask."""
+def test_varlen_two_call_decomposition_matches_dense(seed):
+    """The varlen/fa3 backends' split (prompt non-causal, response causal bottom-right) equals the
+    mask, in the output and in the gradients of q, k and v."""
     rng = random.Random(seed)
     T = 20
     rows = random_rows(rng, T, 2) + EDGE_ROWS[:1]
     rows = [r for r in rows if sum(len(a) + len(b) for a, b in r) <= T]
     batch = pack_rows(rows, T)
     B, H, D = len(rows), 2, 8
-    q, k, v = (torch.randn(B, H, T, D, dtype=torch.float64) for _ in range(3))
+    q, k, v = (torch.randn(B, H, T, D, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    g = torch.randn(B, H, T, D, dtype=torch.float64)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense_prefix_lm_mask(batch.doc_ids, batch.is_prefix))
-    got = _fa3_varlen(q, k, v, varlen_info(batch.doc_ids, batch.is_prefix), varlen_fn=_naive_varlen)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    got = _two_call_varlen(q, k, v, varlen_info(batch.doc_ids, batch.is_prefix), varlen_fn=_naive_varlen)
+    got_grads = torch.autograd.grad(got, (q, k, v), g)
     assert torch.allclose(got, ref, atol=1e-10)
+    for a, b in zip(got_grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_varlen_without_instruction_tokens():
+    """A batch with no instruction token (full-text causal objective) takes only the causal call."""
+    batch = pack_rows([[([1, 2, 3], [4, 5])]], 8)
+    is_prefix = torch.zeros_like(batch.is_prefix)
+    info = varlen_info(batch.doc_ids, is_prefix)
+    assert info.n_prefix == 0
+    q, k, v = (torch.randn(1, 2, 8, 4, dtype=torch.float64) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense_prefix_lm_mask(batch.doc_ids, is_prefix))
+    assert torch.allclose(_two_call_varlen(q, k, v, info, varlen_fn=_naive_varlen), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_flex_block_tables_match_create_block_mask(seed):
+    """The block tables built from the dense mask equal flex's own create_block_mask (same blocks
+    skipped, partial and full), and flex attention under them equals the dense-mask attention."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from hrm_text.model.attention import FLEX_BLOCK, _flex_block_mask
+
+    rng = random.Random(seed)
+    T, B = 3 * FLEX_BLOCK, 2
+    rows = []
+    for _ in range(B):
+        row, used = [], 0
+        while rng.random() > 0.1:
+            p, r = rng.randint(1, 150), rng.randint(1, 150)
+            if used + p + r > T:
+                break
+            row.append(([5] * p, [6] * r))
+            used += p + r
+        rows.append(row or [([5] * (T - 1), [6])])
+    batch = pack_rows(rows, T)
+    got = _flex_block_mask(batch.doc_ids, batch.is_prefix)
+    doc, pre = batch.doc_ids.to(torch.int32), batch.is_prefix
+    ref = create_block_mask(lambda b, h, q, k: (doc[b, q] == doc[b, k]) & ((k <= q) | (pre[b, q] & pre[b, k])),
+                            B, None, T, T, device="cpu", _compile=False)
+    for name in ("kv_num_blocks", "full_kv_num_blocks", "q_num_blocks", "full_q_num_blocks"):
+        assert torch.equal(getattr(got, name), getattr(ref, name)), name
+    assert torch.equal(got.to_dense(), ref.to_dense())
+    q, k, v = (torch.randn(B, 2, T, 8, dtype=torch.float64) for _ in range(3))
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense_prefix_lm_mask(batch.doc_ids, batch.is_prefix))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # flex without compile (CPU) warns: the unfused reference path
+        out = flex_attention(q, k, v, block_mask=got)
+    assert torch.allclose(out, dense, atol=1e-10)

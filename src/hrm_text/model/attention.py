@@ -12,9 +12,11 @@ the softmax is empty (padding shares doc id -1 and is causal among itself).
 Backends:
   sdpa  explicit boolean mask [B, 1, T, T]; CPU, MPS and small runs; also KV-cache decoding.
   flex  FlexAttention BlockMask built once per batch; CUDA training. Skips fully masked blocks.
-  fa3   FlashAttention 3 varlen (sm90 only, if `flash_attn_interface` imports): two calls per
-        layer, instruction queries non-causal over instruction keys, response queries causal with
-        bottom-right alignment over the whole example.
+  varlen  PyTorch's built-in FlashAttention-2 varlen kernels (`torch.nn.attention.varlen`, CUDA
+        sm80+): two calls per layer, instruction queries non-causal over instruction keys,
+        response queries causal with bottom-right alignment over the whole example. Computes only
+        the allowed pairs (up to the kernel's tile edges) and needs no [T, T] mask build.
+  fa3   the same two-call split on FlashAttention 3 (sm90 only, if `flash_attn_interface` imports).
 `build_prefix_lm_mask(..., backend="auto")` picks flex on CUDA, sdpa elsewhere.
 """
 
@@ -28,11 +30,14 @@ import torch
 import torch.nn.functional as F
 
 
+FLEX_BLOCK = 128  # FlexAttention's sparse block size: the granularity at which masked blocks are skipped
+
+
 @dataclass
 class AttnMask:
     """A prepared attention mask. Exactly one of the payloads is set, according to `kind`."""
 
-    kind: str  # "sdpa" | "flex" | "fa3"
+    kind: str  # "sdpa" | "flex" | "varlen" | "fa3"
     dense: torch.Tensor | None = None  # [B, 1, Tq, Tk] bool, True = may attend
     block_mask: Any = None  # torch.nn.attention.flex_attention.BlockMask
     varlen: "VarlenInfo | None" = None
@@ -40,16 +45,22 @@ class AttnMask:
 
 @dataclass
 class VarlenInfo:
-    """Index bookkeeping for the fa3 two-call decomposition of one packed batch (flattened B*T)."""
+    """Index bookkeeping for the two-call varlen decomposition of one packed batch (flattened B*T).
 
-    prefix_idx: torch.Tensor  # flat indices of instruction tokens, example by example
-    resp_idx: torch.Tensor  # flat indices of response/padding tokens, example by example
+    `perm` lists the flat positions of every instruction token (example by example), then of every
+    response or padding token: one gather puts the queries of both calls in place, and one gather
+    with `inv_perm` puts the outputs back. The `max_*` are host ints, computed once per batch."""
+
+    perm: torch.Tensor  # int64 [B*T]: instruction positions, then response/padding positions
+    inv_perm: torch.Tensor  # int64 [B*T]: inverse of perm
+    n_prefix: int  # number of instruction tokens in the batch (the split point of perm)
     cu_q_prefix: torch.Tensor  # int32 [n+1] cumulative instruction lengths
     cu_q_resp: torch.Tensor  # int32 [n+1] cumulative response lengths
     cu_k: torch.Tensor  # int32 [n+1] cumulative example lengths (keys = whole example, flat order)
     max_prefix: int
     max_resp: int
     max_k: int
+
 
 
 def dense_prefix_lm_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> torch.Tensor:
@@ -88,11 +99,15 @@ def build_prefix_lm_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor, backend
         if not fa3_available():
             raise RuntimeError("attn_backend=fa3 needs an sm90 GPU and the flash_attn_interface (FA3) module")
         return AttnMask("fa3", varlen=varlen_info(doc_ids, is_prefix))
-    raise ValueError(f"unknown attention backend {backend!r}; choose auto, sdpa, flex or fa3")
+    if backend == "varlen":
+        if not varlen_available():
+            raise RuntimeError("attn_backend=varlen needs a CUDA GPU (sm80+) and torch.nn.attention.varlen (torch >= 2.9)")
+        return AttnMask("varlen", varlen=varlen_info(doc_ids, is_prefix))
+    raise ValueError(f"unknown attention backend {backend!r}; choose auto, sdpa, flex, varlen or fa3")
 
 
 def _flex_block_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> Any:
-    from torch.nn.attention.flex_attention import create_block_mask
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
     B, T = doc_ids.shape
     doc = doc_ids.to(torch.int32)
@@ -101,10 +116,31 @@ def _flex_block_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> Any:
     def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         return (doc[b, q] == doc[b, k]) & ((k <= q) | (pre[b, q] & pre[b, k]))
 
-    # Not compiled: a cold compile of the mask builder took over 240 of the 272 s from launch to the
-    # first step at XL width on an H200 (docs/PERFORMANCE.md). Eager it evaluates the [T, T] mask
-    # once per batch (a few GB of transient memory at T = 12,288) in a few elementwise kernels.
-    return create_block_mask(mask_mod, B, None, T, T, device=doc_ids.device, _compile=False)
+    S = FLEX_BLOCK
+    if T % S:
+        # Not compiled: a cold compile of the mask builder took over 240 of the 272 s from launch to
+        # the first step at XL width on an H200 (docs/PERFORMANCE.md).
+        return create_block_mask(mask_mod, B, None, T, T, device=doc_ids.device, _compile=False)
+    # The block tables straight from the dense mask, row by row: a few large elementwise kernels and
+    # one reduction (about 1 ms at T = 12,288 on an H100, against 9 ms for the eager
+    # create_block_mask, which evaluates mask_mod in many small pieces).
+    n = T // S
+    counts = torch.stack([
+        dense_prefix_lm_mask(doc_ids[b : b + 1], is_prefix[b : b + 1]).view(n, S, n, S).sum((1, 3), dtype=torch.int32)
+        for b in range(B)
+    ])  # [B, n, n] allowed pairs per (query block, key block)
+    full = counts == S * S
+    partial = (counts > 0) & ~full
+
+    def table(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # flex's layout: per query block, how many key blocks, then their indices (those first)
+        num = m.sum(-1, dtype=torch.int32)[:, None]
+        idx = torch.argsort(m.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)[:, None]
+        return num, idx
+
+    kv_num, kv_idx = table(partial)
+    full_num, full_idx = table(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=S, mask_mod=mask_mod, seq_lengths=(T, T))
 
 
 @functools.lru_cache(maxsize=1)
@@ -132,42 +168,98 @@ def varlen_info(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> VarlenInfo:
     pre_counts = torch.segment_reduce(flat_pre.to(torch.float32), "sum", lengths=lengths).to(torch.int64)
     resp_counts = lengths - pre_counts
     pos = torch.arange(flat_doc.numel(), device=doc_ids.device)
-    prefix_idx = pos[flat_pre]
-    resp_idx = pos[~flat_pre]
+    perm = torch.cat([pos[flat_pre], pos[~flat_pre]])
+    inv_perm = torch.empty_like(perm)
+    inv_perm[perm] = pos
 
     def cu(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.zeros(1, dtype=torch.int32, device=x.device), x.cumsum(0).to(torch.int32)])
 
+    # one host sync per batch for the kernel's launch sizes (never inside the layers)
+    n_prefix, max_prefix, max_resp, max_k = torch.stack(
+        [pre_counts.sum(), pre_counts.max(), resp_counts.max(), lengths.max()]
+    ).tolist()
     return VarlenInfo(
-        prefix_idx=prefix_idx,
-        resp_idx=resp_idx,
+        perm=perm,
+        inv_perm=inv_perm,
+        n_prefix=int(n_prefix),
         cu_q_prefix=cu(pre_counts),
         cu_q_resp=cu(resp_counts),
         cu_k=cu(lengths),
-        max_prefix=int(pre_counts.max()),
-        max_resp=int(resp_counts.max()),
-        max_k=int(lengths.max()),
+        max_prefix=int(max_prefix),
+        max_resp=int(max_resp),
+        max_k=int(max_k),
     )
 
 
-def _fa3_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, info: VarlenInfo, varlen_fn: Callable | None = None) -> torch.Tensor:
-    """PrefixLM with two varlen calls. q, k, v are [B, H, T, D]; returns [B, H, T, D]."""
-    if varlen_fn is None:
-        from flash_attn_interface import flash_attn_varlen_func as varlen_fn  # type: ignore[no-redef]
+VarlenFn = Callable[..., torch.Tensor]  # (q, k, v, cu_q, cu_k, max_q, max_k, causal=) on [tokens, H, D]
+
+
+def _two_call_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, info: VarlenInfo, varlen_fn: VarlenFn) -> torch.Tensor:
+    """PrefixLM with two varlen calls. q, k, v are [B, H, T, D]; returns [B, H, T, D].
+
+    Call 1: instruction queries, non-causal, over their example's instruction keys.
+    Call 2: response (and padding) queries, causal with bottom-right alignment, over the whole
+    example. Both read their queries from one gather by `perm`; outputs return by `inv_perm`."""
     B, H, T, D = q.shape
     qf = q.transpose(1, 2).reshape(B * T, H, D)
     kf = k.transpose(1, 2).reshape(B * T, H, D)
     vf = v.transpose(1, 2).reshape(B * T, H, D)
-    out = torch.empty_like(qf)
-    # keys of example i are its prefix followed by its response: exactly the flat run [cu_k[i], cu_k[i+1])
-    kp, vp = kf[info.prefix_idx], vf[info.prefix_idx]
-    if info.prefix_idx.numel():
-        o_pre = varlen_fn(qf[info.prefix_idx], kp, vp, info.cu_q_prefix, info.cu_q_prefix, info.max_prefix, info.max_prefix, causal=False)
-        out[info.prefix_idx] = o_pre[0] if isinstance(o_pre, tuple) else o_pre
-    if info.resp_idx.numel():
-        o_resp = varlen_fn(qf[info.resp_idx], kf, vf, info.cu_q_resp, info.cu_k, info.max_resp, info.max_k, causal=True)
-        out[info.resp_idx] = o_resp[0] if isinstance(o_resp, tuple) else o_resp
+    n_pre = info.n_prefix
+    q_pre, q_resp = qf.index_select(0, info.perm).split([n_pre, B * T - n_pre])
+    outs = []
+    if n_pre:
+        idx = info.perm[:n_pre]
+        # keys of example i's instruction = rows [cu_q_prefix[i], cu_q_prefix[i+1]) of the gathered keys
+        outs.append(varlen_fn(q_pre, kf.index_select(0, idx), vf.index_select(0, idx), info.cu_q_prefix,
+                              info.cu_q_prefix, info.max_prefix, info.max_prefix, causal=False))
+    if n_pre < B * T:
+        # keys of example i = its instruction then its response = the flat run [cu_k[i], cu_k[i+1])
+        outs.append(varlen_fn(q_resp, kf, vf, info.cu_q_resp, info.cu_k, info.max_resp, info.max_k, causal=True))
+    out = torch.cat(outs).index_select(0, info.inv_perm)
     return out.reshape(B, T, H, D).transpose(1, 2)
+
+
+def _fa3_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+            max_q: int, max_k: int, causal: bool) -> torch.Tensor:
+    from flash_attn_interface import flash_attn_varlen_func  # optional: FlashAttention 3 (not on PyPI)
+
+    out = flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, causal=causal)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_varlen_fn() -> VarlenFn:
+    """PyTorch's own FlashAttention-2 varlen kernels (`torch.nn.attention.varlen`, CUDA sm80+).
+    Its keyword for causal masking changed between releases (is_causal, then window_size)."""
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+
+    def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+           max_q: int, max_k: int, causal: bool) -> torch.Tensor:
+        if "is_causal" in params:
+            return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=causal)
+        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, window_size=(-1, 0) if causal else (-1, -1))
+
+    return fn
+
+
+def varlen_available() -> bool:
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
+        return False
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@torch.compiler.disable  # per-batch host ints and data-dependent sizes: runs eagerly between compiled pieces
+def _varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, info: VarlenInfo, fa3: bool) -> torch.Tensor:
+    return _two_call_varlen(q, k, v, info, _fa3_fn if fa3 else _torch_varlen_fn())
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask) -> torch.Tensor:
@@ -180,7 +272,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask)
 
             return flex_attention(q, k, v, block_mask=mask.block_mask)
         return _compiled_flex()(q, k, v, block_mask=mask.block_mask)
-    if mask.kind == "fa3":
+    if mask.kind in ("fa3", "varlen"):
         assert mask.varlen is not None
-        return _fa3_varlen(q, k, v, mask.varlen)
+        return _varlen_attention(q, k, v, mask.varlen, fa3=mask.kind == "fa3")
     raise ValueError(f"unknown mask kind {mask.kind!r}")
