@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 
 ARCHS = ("hrm", "transformer", "looped", "trm", "rins")
-ATTN_BACKENDS = ("auto", "sdpa", "flex", "fa3")
+ATTN_BACKENDS = ("auto", "sdpa", "flex", "varlen", "fa3")
 
 
 @dataclass
@@ -54,7 +54,7 @@ class ModelConfig:
     looped_bp_steps: int = 2
     rins_L_cycles: int = 7
     rins_bp_steps: int = 4
-    attn_backend: Literal["auto", "sdpa", "flex", "fa3"] = "auto"
+    attn_backend: Literal["auto", "sdpa", "flex", "varlen", "fa3"] = "auto"
 
     @property
     def intermediate_size(self) -> int:
@@ -196,7 +196,10 @@ class TrainConfig:
     dtype: Literal["bf16", "fp32"] = "bf16"
     compile: bool = True
     # speed and memory (train/step.py; measured in docs/PERFORMANCE.md)
-    fp8: bool = False  # torchao float8 training of the block projections (H100/H200 class GPUs)
+    fp8: bool = False  # float8 training of the block projections (H100/H200 class GPUs)
+    # fused: ours (train/fp8.py: float8 forward and input-gradient GEMMs, casts fused by compile);
+    # rowwise, tensorwise, rowwise_with_gw_hp: torchao's recipes (the `fp8` extra)
+    fp8_recipe: Literal["fused", "rowwise", "tensorwise", "rowwise_with_gw_hp"] = "fused"
     activation_memory_budget: float = 1.0  # < 1: the compiler recomputes activations to save memory
     recompute_calls: int = 0  # first N recorded stack calls recomputed in backward (checkpointing)
     # FSDP2: free a block's gathered weights after each call (True) or keep them until backward

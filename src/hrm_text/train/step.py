@@ -6,8 +6,9 @@
 The speed levers live here, each a `train.*` setting (docs/PERFORMANCE.md has the measurements):
 - `compile`: every Block is compiled on its own (`Block.compile()`); all blocks share one graph,
   since dynamo treats their parameters as inputs, so compile time does not grow with depth.
-- `fp8`: torchao float8 training (rowwise scales) on the block projections; the casts fuse into the
-  neighbouring kernels under compile. The output head stays bf16.
+- `fp8` (+ `fp8_recipe`): float8 training of the block projections (train/fp8.py: float8 forward
+  and input-gradient GEMMs, row-wise scales whose casts fuse into the neighbouring kernels under
+  compile; or one of torchao's recipes). The output head stays bf16.
 - `activation_memory_budget` < 1: inductor's partitioner recomputes the cheapest activations in
   the backward until the saved ones fit that fraction (pointwise work first).
 - `recompute_calls` = N: the first N recorded stack calls keep only their input and run again in
@@ -23,22 +24,30 @@ import torch
 from hrm_text.config import ConfigError, TrainConfig
 from hrm_text.data.batch import PackedBatch
 from hrm_text.model.lm import HRMTextLM, LossOutput
+from hrm_text.train.fp8 import convert_to_float8
 
 log = logging.getLogger(__name__)
 
 
-def apply_fp8(model: HRMTextLM) -> int:
-    """Swap the block projections to torchao's float8 training linears; returns how many."""
+FP8_RECIPES = ("fused", "rowwise", "tensorwise", "rowwise_with_gw_hp")
+
+
+def apply_fp8(model: HRMTextLM, recipe: str = "fused") -> int:
+    """Swap the block projections to float8 training linears; returns how many. The head
+    (65k-wide, run on labelled rows only by the fused loss) stays in bf16."""
+    if recipe not in FP8_RECIPES:
+        raise ConfigError(f"train.fp8_recipe={recipe!r} is not one of {', '.join(FP8_RECIPES)}")
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        raise ConfigError("train.fp8=true needs a GPU with float8 matmuls (compute capability 8.9+: H100, H200, L40S, ...)")
+    if recipe == "fused":
+        return convert_to_float8(model)
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training  # optional extra `fp8`
     except ImportError as e:
-        raise ConfigError("train.fp8=true needs torchao: pip install 'hrm-text[fp8]'") from e
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
-        raise ConfigError("train.fp8=true needs a GPU with float8 matmuls (compute capability 8.9+: H100, H200, L40S, ...)")
-    config = Float8LinearConfig.from_recipe_name("rowwise")
+        raise ConfigError(f"train.fp8_recipe={recipe} needs torchao: pip install 'hrm-text[fp8]'") from e
     before = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-    # the head (65k-wide, run on labelled rows only by the fused loss) stays in bf16
-    convert_to_float8_training(model, config=config, module_filter_fn=lambda mod, fqn: fqn != "lm_head")
+    convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(recipe),
+                               module_filter_fn=lambda mod, fqn: fqn != "lm_head")
     after = sum(type(m) is torch.nn.Linear for m in model.modules())
     return before - after
 
@@ -50,8 +59,8 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
     if t.recompute_calls < 0:
         raise ConfigError(f"train.recompute_calls must be >= 0 (got {t.recompute_calls})")
     if t.fp8:
-        n = apply_fp8(model)
-        log.info("float8 training (torchao, rowwise) on %d block projections", n)
+        n = apply_fp8(model, t.fp8_recipe)
+        log.info("float8 training (recipe %s) on %d block projections", t.fp8_recipe, n)
     if t.activation_memory_budget < 1.0:
         import torch._functorch.config as functorch_config  # private knob of the min-cut partitioner
 

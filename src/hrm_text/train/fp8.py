@@ -1,0 +1,84 @@
+"""Float8 training of the block projections, with the casts where the compiler can fuse them.
+
+    n = convert_to_float8(model)      # the block projections; the head stays bf16
+
+Recipe (`train.fp8_recipe=fused`): each projection `y = x @ W.T` runs its forward GEMM and its
+input-gradient GEMM in float8 e4m3 with row-wise scales, and its weight-gradient GEMM in bf16:
+- forward: x is scaled per token (amax over the input features), W per output feature;
+- backward: dy is scaled per token (amax over the output features), W.T per input feature;
+  dW = dy.T @ x in bf16 from the bf16 copy of x saved in the forward.
+Each scale is an amax over a row that the neighbouring kernel already reads (the RMSNorm before
+gqkv and gate_up, the sigmoid gate before o_proj, SwiGLU before down), so under `torch.compile`
+the amax and the cast fuse into that kernel instead of costing passes of their own. Keeping the
+weight gradient in bf16 avoids the column-wise casts of x and dy over the token dimension, which
+cost more than their GEMM saves at these widths (docs/PERFORMANCE.md). torchao's recipes
+(`train.fp8_recipe=rowwise` or `tensorwise`) stay available for comparison.
+
+The modules keep their class's parameters (`Float8Linear` is an `nn.Linear`), so state dicts,
+checkpoints and exports are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = float(torch.finfo(E4M3).max)  # 448
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (q [M, K] float8 e4m3, s [M, 1] float32) with x ~= q * s, one scale per row."""
+    xf = x.float()
+    s = xf.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / E4M3_MAX
+    return (xf / s).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), s
+
+
+class _Float8Matmul(torch.autograd.Function):
+    """x [M, K] (any float dtype), w [N, K] -> x @ w.T in bf16; float8 forward and dgrad GEMMs."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        xq, xs = quantize_rows(x.contiguous())
+        wq, ws = quantize_rows(w)
+        ctx.save_for_backward(x.to(torch.bfloat16), w)
+        # row-major A, column-major B (wq.t()); scales [M, 1] and [1, N]
+        return torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws.t(), out_dtype=torch.bfloat16, use_fast_accum=True)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, gy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        xb, w = ctx.saved_tensors  # type: ignore[attr-defined]
+        gy = gy.to(torch.bfloat16).contiguous()
+        gq, gs = quantize_rows(gy)
+        wtq, wts = quantize_rows(w.t().contiguous())  # [K, N] row-major, one scale per input feature
+        dx = torch._scaled_mm(gq, wtq.t(), scale_a=gs, scale_b=wts.t(), out_dtype=torch.bfloat16)
+        dw = (gy.t() @ xb).to(w.dtype)
+        return dx, dw
+
+
+def float8_shape_ok(m: int, k: int, n: int) -> bool:
+    """float8 GEMMs need every dimension a multiple of 16."""
+    return m % 16 == 0 and k % 16 == 0 and n % 16 == 0
+
+
+class Float8Linear(nn.Linear):
+    """`nn.Linear` (no bias) whose matmuls run as `_Float8Matmul`; falls back to the plain linear
+    for shapes float8 GEMMs do not take."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, k = x.shape[:-1], x.shape[-1]
+        m = x.numel() // max(1, k)
+        if self.bias is not None or not float8_shape_ok(m, k, self.out_features):
+            return super().forward(x)
+        return _Float8Matmul.apply(x.reshape(m, k), self.weight).view(*lead, self.out_features)
+
+
+def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> int:
+    """Turn every bias-free `nn.Linear` except those named in `skip` into a `Float8Linear` in
+    place (the class changes, the parameters stay); returns how many."""
+    n = 0
+    for name, mod in model.named_modules():
+        if type(mod) is nn.Linear and mod.bias is None and name.split(".")[-1] not in skip:
+            mod.__class__ = Float8Linear
+            n += 1
+    return n
