@@ -10,7 +10,7 @@ with CUDA events, reads peak memory, and profiles two steps to split the time by
         --baseline-commit 3d5ee6a --variant new --variant fp8:fp8=true --out $OUT
 
     --variant NAME[:key=value,...]   train.* settings of this tree (fp8, activation_memory_budget,
-                                     recompute_calls, compile); repeatable; "new" = defaults
+                                     recompute_calls, compile, attn_backend); repeatable; "new" = defaults
     --baseline-commit REV            the previous release from a `git worktree` (needs git), or
     --baseline-src PATH              its `src` folder copied beforehand (the device machine has no .git)
 
@@ -160,8 +160,13 @@ def worker(args: argparse.Namespace) -> None:
     extra = {"n_layers": args.layers} if args.layers else {}
     mcfg = model_config(args.preset, arch=args.arch, max_seq_len=max(4096, args.tokens), **extra)
     cfg = Config(model=mcfg)
-    for k, v in opts.items():
-        setattr(cfg.train, k, v)
+    for k, v in opts.items():  # a train.* setting, or a model-level one of this release (attn_backend)
+        if hasattr(cfg.train, k):
+            setattr(cfg.train, k, v)
+        elif hasattr(mcfg, k):
+            setattr(mcfg, k, v)
+        else:
+            raise SystemExit(f"variant option {k!r} is neither a train nor a model setting of {args.src}")
     torch.manual_seed(0)
     with torch.device(dev):
         model = HRMTextLM(mcfg)
@@ -288,7 +293,10 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
     opts: dict[str, Any] = {}
     for kv in filter(None, rest.split(",")):
         k, _, v = kv.partition("=")
-        opts[k] = json.loads(v) if v not in ("true", "false") else v == "true"
+        try:
+            opts[k] = json.loads(v)  # numbers, true/false
+        except json.JSONDecodeError:
+            opts[k] = v  # a bare word: a string setting (attn_backend=varlen, fp8_recipe=rowwise)
     return name, opts
 
 
