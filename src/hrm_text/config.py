@@ -262,6 +262,39 @@ class EvalConfig:
                 raise ConfigError(f"eval.{name} must be >= 0 (got {getattr(self, name)})")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass
+class InferConfig:
+    """Switches of the decode engine (infer/engine.py, docs/INFERENCE.md, "Engine"). They
+    change speed, not results. None picks the device's default. Not a section of a run's YAML:
+    `Engine(options=...)`, `make_engine` and the generate/chat/serve options take it."""
+
+    compile: bool | None = None  # compile the dense parts of a decode block (default: on CUDA)
+    # torch.compile mode of those parts; "max-autotune-no-cudagraphs" tunes the decode matmuls
+    # (minutes of compilation at start-up); None compiles in seconds
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
+    fused_attention: bool | None = None  # one Triton kernel per block (default: CUDA + compile + Triton)
+    # batches of at most this many rows run the projections as fused reductions (faster than
+    # cuBLAS for one row, slower from two); 0 = never
+    gemv_rows: int = 1
+    cuda_graphs: bool | None = None  # capture the decode step (default: on CUDA)
+
+    def validate(self) -> None:
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"compile_mode={self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
+        if self.gemv_rows < 0:
+            raise ConfigError(f"gemv_rows must be >= 0 (got {self.gemv_rows})")
+
+
+def infer_config(**values: Any) -> InferConfig:
+    """An InferConfig from keyword values (CLI strings are coerced), validated."""
+    cfg = _build(InferConfig, values, "infer")
+    cfg.validate()
+    return cfg
+
+
 @dataclass
 class RLConfig:
     """GRPO (`hrm-text rl`, docs/POST_TRAINING.md). Model, optimizer, LoRA, checkpoints and logging
