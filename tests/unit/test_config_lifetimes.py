@@ -17,6 +17,7 @@ from hrm_text.cli import app
 from hrm_text.config import (MOVED_KEYS, Config, ConfigError, InferConfig, TrainConfig, config_from_dict, infer_config,
                              load_config, migrate_saved_config, model_config)
 from hrm_text.infer.decode_block import CompiledDecodeBlock, eager_block
+from hrm_text.infer import engine as engine_module
 from hrm_text.infer.engine import Engine, Request, SamplingParams, greedy
 from hrm_text.model.lm import HRMTextLM
 from hrm_text.model.schedule import build_schedule
@@ -145,6 +146,7 @@ def test_bad_infer_options_and_retired_environment_switches(tiny_model: HRMTextL
         infer_config(compile_mode="fast")
     assert infer_config(gemv_rows="2").gemv_rows == 2  # CLI strings are coerced
     monkeypatch.setenv("HRM_TEXT_DECODE_GEMV_ROWS", "8")
+    monkeypatch.setattr(engine_module, "_warned_env", set())  # the warning is once per process
     with caplog.at_level(logging.WARNING, logger="hrm_text.infer.engine"):
         eng = Engine(tiny_model, eoa_id=63, max_batch=1, max_len=16)
     assert eng.options.gemv_rows == 1  # no longer read

@@ -17,12 +17,12 @@ runs. docs/INFERENCE.md lists the switches, docs/PERFORMANCE.md what each one ga
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import time
 from collections import deque
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # environment switches of earlier versions, now InferConfig fields: a run that still sets one is
 # told so, rather than silently decoding with other settings
 _RETIRED_ENV = {"HRM_TEXT_DECODE_GEMV_ROWS": "gemv_rows", "HRM_TEXT_DECODE_COMPILE_MODE": "compile_mode"}
+_warned_env: set[str] = set()  # once per process: evaluation during training builds many engines
 
 
 @dataclass
@@ -423,7 +424,8 @@ def _resolve_options(options: InferConfig | None, **given: bool | int | None) ->
     """`options` (default InferConfig()) with the keyword arguments that were given laid over it;
     validated. The caller's object is not changed."""
     for var, field_name in _RETIRED_ENV.items():
-        if os.environ.get(var):
+        if os.environ.get(var) and var not in _warned_env:
+            _warned_env.add(var)
             log.warning("%s is no longer read; pass InferConfig(%s=...) to the engine (or the --%s option "
                         "of generate, chat and serve)", var, field_name, field_name.replace("_", "-"))
     opts = dataclasses.replace(options or InferConfig(), **{k: v for k, v in given.items() if v is not None})
