@@ -50,8 +50,8 @@ def build_ours(preset: str, dev: torch.device, dtype: torch.dtype, max_len: int)
     from hrm_text.model.lm import HRMTextLM
 
     torch.manual_seed(0)
-    cfg = model_config(preset, attn_backend="sdpa", max_seq_len=max(max_len, 512))
-    return HRMTextLM(cfg).to(device=dev, dtype=dtype).eval()
+    cfg = model_config(preset, max_seq_len=max(max_len, 512))
+    return HRMTextLM(cfg, attn_backend="sdpa").to(device=dev, dtype=dtype).eval()
 
 
 def build_hf(our_cfg: Any, dev: torch.device, dtype: torch.dtype):  # -> HrmTextForCausalLM
@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "matmuls as fused reductions), sdpa (eager attention), or a comma list; results of the first go "
         "under 'ours', the others under 'ours_<name>'",
     )
+    ap.add_argument("--compile-mode", default=None,
+                    help="InferConfig.compile_mode of our decode block, e.g. max-autotune-no-cudagraphs")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -173,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["transformers"] = transformers.__version__
     except ImportError:
         args.no_hf = True
+    from hrm_text.config import InferConfig  # imported where used, as the other hrm_text imports here
+
     variants = args.attention.split(",")
     engine_kw: dict[str, dict[str, Any]] = {
         "auto": {}, "fused": {"fused_attention": True, "gemv_rows": 0}, "sdpa": {"fused_attention": False},
@@ -184,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if name in ("gemv", "fused") and b > 8 and i > 0:
                 continue  # beyond 8 rows both are the default engine
             key = "ours" if i == 0 else f"ours_{name}"
-            r[key] = bench_ours(model, b, args.prompt_len, args.new_tokens, dev, not args.no_graphs, **engine_kw[name])
+            r[key] = bench_ours(model, b, args.prompt_len, args.new_tokens, dev, not args.no_graphs,
+                                options=InferConfig(compile_mode=args.compile_mode), **engine_kw[name])
             print(f"batch {b} {key}: {json.dumps(r[key])}", flush=True)
     if not args.no_hf:
         hf = build_hf(model.cfg, dev, dtype)

@@ -1,7 +1,7 @@
 """GPU: forward+backward throughput of one model step (no optimizer), XL shape by default.
 
 Reports tokens/s and MFU (paper FLOPs accounting, `hrm_text.model.flops`) for the attention
-backends and with/without per-block torch.compile, at K = bp_max_steps (the steady state).
+backends and with/without per-block torch.compile, at K = train.bp_max_steps (the steady state).
 
     python benchmarks/bench_model_step.py --preset XL --layers 32 --seq 8192 --out res.json
 """
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--peak", type=float, default=989e12, help="peak FLOP/s for MFU (H100 SXM dense bf16)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from hrm_text.config import model_config
+    from hrm_text.config import TrainConfig, model_config
     from hrm_text.data.batch import pack_rows
     from hrm_text.model.flops import train_flops_per_token
     from hrm_text.model.lm import HRMTextLM
@@ -47,12 +47,12 @@ def main() -> None:
     for variant in args.variants.split(","):
         backend, mode = variant.split("-")
         torch.manual_seed(0)
-        cfg = model_config(args.preset, attn_backend=backend, max_seq_len=args.seq, **extra)
-        model = HRMTextLM(cfg).to(dev)
+        cfg = model_config(args.preset, max_seq_len=args.seq, **extra)
+        model = HRMTextLM(cfg, attn_backend=backend).to(dev)
         if mode == "compile":
             for blk in model.blocks():
                 blk.compile()
-        K = cfg.bp_max_steps
+        K = TrainConfig().final_bp_steps(cfg.arch)
         flops_tok = train_flops_per_token(cfg, K)
 
         def step(_i: int) -> float:

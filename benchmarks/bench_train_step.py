@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from hrm_text.config import model_config
+    from hrm_text.config import TrainConfig, model_config
     from hrm_text.model.flops import train_flops_per_token
     from hrm_text.model.lm import HRMTextLM
     from hrm_text.train.metrics import device_peak_flops
@@ -58,7 +58,7 @@ def main() -> None:
     opt = AdamAtan2(model.parameters(), lr=2.2e-4)
     ema = ModelEMA(model, decay=0.9999)
     batches = [synthetic_batch(args.tokens, cfg.vocab_size, s) for s in range(args.accum * 2)]
-    K = cfg.bp_max_steps
+    K = TrainConfig().final_bp_steps(cfg.arch)  # the steady state after the K warm-up
     peak, peak_src = device_peak_flops(dev)
 
     def step(i: int) -> tuple[float, int]:

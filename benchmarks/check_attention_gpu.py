@@ -76,8 +76,8 @@ def main() -> int:
     grads = {}
     for backend in ("sdpa", "flex"):
         torch.manual_seed(0)
-        cfg = model_config("XL", n_layers=4, vocab_size=4096, max_seq_len=T, attn_backend=backend)
-        model = HRMTextLM(cfg).to(dev)
+        cfg = model_config("XL", n_layers=4, vocab_size=4096, max_seq_len=T)
+        model = HRMTextLM(cfg, attn_backend=backend).to(dev)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = model.loss(batch, bp_steps=5)
         (out.loss_sum / out.num_tokens).backward()

@@ -23,7 +23,7 @@ def main() -> None:
     from hrm_text.model.lm import HRMTextLM
 
     torch.manual_seed(0)
-    model = HRMTextLM(model_config(args.preset, attn_backend="sdpa")).to("cuda", torch.bfloat16).eval()
+    model = HRMTextLM(model_config(args.preset), attn_backend="sdpa").to("cuda", torch.bfloat16).eval()
     eng = Engine(model, eoa_id=-1, max_batch=args.batch, max_len=400, cuda_graphs=False,
                  gemv_rows=args.gemv_rows, fused_attention=False if args.sdpa else None)
     prompts = [torch.randint(10, 60000, (256,)).tolist() for _ in range(args.batch)]

@@ -49,7 +49,8 @@ def study_like_row(T: int, vocab: int, rng: random.Random) -> tuple[list, int]:
     return row, used
 
 
-def time_model(cfg: Any, tokens: int, steps: int, compile_blocks: bool, device: torch.device, objective: str) -> dict[str, Any]:
+def time_model(cfg: Any, train_cfg: Any, tokens: int, steps: int, compile_blocks: bool, device: torch.device,
+               objective: str) -> dict[str, Any]:
     from hrm_text.data.batch import apply_objective, pack_rows
     from hrm_text.model.flops import run_flops, train_flops_per_token
     from hrm_text.model.lm import HRMTextLM
@@ -59,7 +60,7 @@ def time_model(cfg: Any, tokens: int, steps: int, compile_blocks: bool, device: 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with torch.device(device):
-        model = HRMTextLM(cfg)
+        model = HRMTextLM(cfg, attn_backend=train_cfg.attn_backend)
     if compile_blocks:
         for blk in model.blocks():
             blk.compile()
@@ -68,7 +69,7 @@ def time_model(cfg: Any, tokens: int, steps: int, compile_blocks: bool, device: 
     rng = random.Random(0)
     rows = [study_like_row(tokens, cfg.vocab_size, rng) for _ in range(4)]
     batches = [(apply_objective(pack_rows([r], tokens), objective).to(device), used) for r, used in rows]
-    K = cfg.bp_max_steps
+    K = train_cfg.final_bp_steps(cfg.arch)
     cuda = device.type == "cuda"
 
     def sync() -> None:
@@ -89,7 +90,7 @@ def time_model(cfg: Any, tokens: int, steps: int, compile_blocks: bool, device: 
     sync()
     first = time.perf_counter() - t0
     # K changes during the warm-up (2 -> 5): a compiled block sees each grad mode once here too
-    for k in range(cfg.bp_min_steps, K + 1):
+    for k in range(train_cfg.bp_min_steps if cfg.arch in ("hrm", "trm") else K, K + 1):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             model.loss(batches[0][0], bp_steps=k).loss_sum.backward()
         opt.zero_grad(set_to_none=True)
@@ -106,7 +107,7 @@ def time_model(cfg: Any, tokens: int, steps: int, compile_blocks: bool, device: 
     real = sum(u for _, u in rows) / len(rows)
     fpt_k = train_flops_per_token(cfg, K)
     return {"median_step_s": med, "first_step_s": first, "warmup_s": warm, "real_tokens_per_step": real,
-            "fill": real / tokens, "tokens_per_s": real / med, "flops_per_token_avg": run_flops(cfg, 1.0),
+            "fill": real / tokens, "tokens_per_s": real / med, "flops_per_token_avg": run_flops(cfg, 1.0, train_cfg),
             "flops_per_token_K": fpt_k, "model_flops_per_s": real * fpt_k / med,
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
@@ -153,9 +154,9 @@ def main() -> None:
         if key not in models:
             print(f"timing {key} ...", flush=True)
             m = {"arch": cfg.model.arch, "n_layers": cfg.model.n_layers,
-                 "eager": time_model(cfg.model, cfg.data.tokens_per_rank, 2 if args.tiny else args.steps, False, device, "prefix_lm")}
+                 "eager": time_model(cfg.model, cfg.train, cfg.data.tokens_per_rank, 2 if args.tiny else args.steps, False, device, "prefix_lm")}
             if args.compile and device.type == "cuda":
-                m["compiled"] = time_model(cfg.model, cfg.data.tokens_per_rank, args.steps, True, device, "prefix_lm")
+                m["compiled"] = time_model(cfg.model, cfg.train, cfg.data.tokens_per_rank, args.steps, True, device, "prefix_lm")
             for mode in ("eager", "compiled"):
                 if mode in m:
                     m[mode]["mfu"] = m[mode]["model_flops_per_s"] / peak

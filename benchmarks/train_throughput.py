@@ -170,6 +170,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     with torch.device(dev):
         model = HRMTextLM(mcfg)
+    if hasattr(model, "set_attn_backend"):  # a run-time choice since the config split (train.attn_backend)
+        model.set_attn_backend(getattr(cfg.train, "attn_backend", "auto"))
     if world > 1:  # the trainer's FSDP2 wrapping (bf16 compute, fp32 master), before compile
         from hrm_text.train.distributed import apply_fsdp2
 

@@ -45,16 +45,12 @@ class ModelConfig:
     # HRM recurrence
     H_cycles: int = 2
     L_cycles: int = 3
-    # Deep credit assignment: K recorded stack calls grows from bp_min_steps to bp_max_steps.
-    bp_min_steps: int = 2
-    bp_max_steps: int = 5
-    bp_warmup_ratio: float = 0.2
     # Baselines
     looped_cycles: int = 4
-    looped_bp_steps: int = 2
     rins_L_cycles: int = 7
-    rins_bp_steps: int = 4
-    attn_backend: Literal["auto", "sdpa", "flex", "varlen", "fa3"] = "auto"
+    # Only the network's shape lives here: it ships with the weights. How gradients flow through the
+    # calls (train.bp_*) and which attention kernel runs (train.attn_backend, load_model's
+    # attn_backend) are chosen by whoever runs the model.
 
     @property
     def intermediate_size(self) -> int:
@@ -72,24 +68,16 @@ class ModelConfig:
     def validate(self) -> None:
         if self.arch not in ARCHS:
             raise ConfigError(f"model.arch={self.arch!r} is not one of {', '.join(ARCHS)}")
-        if self.attn_backend not in ATTN_BACKENDS:
-            raise ConfigError(f"model.attn_backend={self.attn_backend!r} is not one of {', '.join(ATTN_BACKENDS)}")
         for name in ("vocab_size", "hidden_size", "num_heads", "head_dim", "n_layers", "H_cycles", "L_cycles"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1 (got {getattr(self, name)})")
         if self.arch in ("hrm", "trm", "rins") and self.n_layers % 2:
             raise ConfigError(f"model.n_layers={self.n_layers} must be even for arch={self.arch} (split between H and L)")
-        if not 1 <= self.bp_min_steps <= self.bp_max_steps:
-            raise ConfigError(
-                f"need 1 <= model.bp_min_steps <= model.bp_max_steps (got {self.bp_min_steps}, {self.bp_max_steps})"
-            )
-        if self.arch in ("hrm", "trm") and self.bp_min_steps < 2:
-            raise ConfigError("model.bp_min_steps must be >= 2 for hrm/trm (one H call and one L call)")
-        n_calls = self.H_cycles * (self.L_cycles + 1)
-        if self.arch in ("hrm", "trm") and self.bp_max_steps > n_calls:
-            raise ConfigError(f"model.bp_max_steps={self.bp_max_steps} exceeds the {n_calls} stack calls")
-        if not 0.0 <= self.bp_warmup_ratio <= 1.0:
-            raise ConfigError(f"model.bp_warmup_ratio must be in [0, 1] (got {self.bp_warmup_ratio})")
+
+    @property
+    def num_stack_calls(self) -> int:
+        """Stack calls per token of the HRM/TRM schedule (the most K can record)."""
+        return self.H_cycles * (self.L_cycles + 1)
 
 
 # Presets (docs/ARCHITECTURE.md#presets). `tiny` and `S` are ours (laptop CPU and small-GPU sizes); the
@@ -126,8 +114,6 @@ class DataConfig:
 
     sampled_dir: str | None = None  # output of `hrm-text data sample`
     tokenizer_dir: str | None = None
-    heldout_dir: str | None = None  # optional sampled held-out split (a `data sample` output) for eval loss
-    heldout_jsonl: str | None = None  # held-out JSONL file or folder for exact-match during training
     tokens_per_rank: int = 16384  # token budget of one packed row per rank per micro-step
     num_workers: int = 1
     seed: int = 0
@@ -189,7 +175,18 @@ class TrainConfig:
     max_steps: int | None = None
     max_tokens: float | None = None
     epochs: int | None = None
+    # Deep credit assignment (docs/ARCHITECTURE.md#deep-credit-assignment): how many stack calls
+    # per step are recorded for autograd. hrm/trm: K grows from bp_min_steps to bp_max_steps over the
+    # first bp_warmup_ratio of training. The baselines use fixed counts, as in the paper.
+    bp_min_steps: int = 2
+    bp_max_steps: int = 5
+    bp_warmup_ratio: float = 0.2
     full_bp_from_start: bool = False  # SFT: K = bp_max_steps from step 1
+    looped_bp_steps: int = 2  # looped: gradients through the last N of its looped_cycles calls
+    rins_bp_steps: int = 4  # rins: the last N of its L calls (the H call is always recorded)
+    # attention kernel for full sequences (training steps, held-out loss): auto = flex on CUDA,
+    # sdpa elsewhere; fa3 needs an sm90 GPU. A run-time choice, not part of the weights.
+    attn_backend: Literal["auto", "sdpa", "flex", "varlen", "fa3"] = "auto"
     # prefix_lm (docs/ARCHITECTURE.md#sequence-layout-and-objective), causal_response (causal mask, response loss) or causal_full (causal mask,
     # loss on every next token): the objective ablation of the paper's Table 3 (data.batch.apply_objective)
     objective: Literal["prefix_lm", "causal_response", "causal_full"] = "prefix_lm"
@@ -212,21 +209,93 @@ class TrainConfig:
     ckpt_every: int = 1000
     ckpt_keep: int = 3
     log_every: int = 10
-    eval_every: int = 0
-    eval_limit: int = 64
     price_per_gpu_hour: float = 2.0
     tensorboard: bool = True
     wandb: bool = False
 
+    def final_bp_steps(self, arch: str) -> int:
+        """K once the warm-up is over: bp_max_steps for hrm/trm, the fixed count of a baseline
+        (what the model's `bp_steps` means for each arch: model/schedule.py)."""
+        if arch == "looped":
+            return self.looped_bp_steps
+        if arch == "rins":
+            return self.rins_bp_steps
+        if arch == "transformer":
+            return 1  # one call, always recorded
+        return self.bp_max_steps
+
+    def validate(self, model: ModelConfig) -> None:
+        """Checks that need the model's shape: K cannot record more calls than the schedule has."""
+        if self.attn_backend not in ATTN_BACKENDS:
+            raise ConfigError(f"train.attn_backend={self.attn_backend!r} is not one of {', '.join(ATTN_BACKENDS)}")
+        if not 1 <= self.bp_min_steps <= self.bp_max_steps:
+            raise ConfigError(
+                f"need 1 <= train.bp_min_steps <= train.bp_max_steps (got {self.bp_min_steps}, {self.bp_max_steps})"
+            )
+        if model.arch in ("hrm", "trm") and self.bp_min_steps < 2:
+            raise ConfigError("train.bp_min_steps must be >= 2 for hrm/trm (one H call and one L call)")
+        if model.arch in ("hrm", "trm") and self.bp_max_steps > model.num_stack_calls:
+            raise ConfigError(f"train.bp_max_steps={self.bp_max_steps} exceeds the model's {model.num_stack_calls} stack calls")
+        if not 0.0 <= self.bp_warmup_ratio <= 1.0:
+            raise ConfigError(f"train.bp_warmup_ratio must be in [0, 1] (got {self.bp_warmup_ratio})")
+        for name in ("looped_bp_steps", "rins_bp_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1 (got {getattr(self, name)})")
+
 
 @dataclass
 class EvalConfig:
+    """Evaluation during training (eval/during_training.py, docs/EVALUATION.md): every `every` steps,
+    on the EMA weights, greedy."""
+
+    every: int = 0  # optimizer steps between evaluations; 0 = off
+    heldout_dir: str | None = None  # sampled held-out split (a `data sample` output): held-out loss
+    heldout_jsonl: str | None = None  # held-out JSONL file or folder: exact match
+    heldout_limit: int = 64  # packed rows of heldout_dir, items per heldout_jsonl file
+    # a --limit-ed paper suite from local files
+    paper_data_dir: str | None = None
+    paper_limit: int = 0  # items per benchmark; 0 = off
     batch_size: int = 32
     max_context: int = 3072
     max_new_tokens: int = 512
-    # during training (every train.eval_every steps): a --limit-ed paper suite from local files
-    paper_data_dir: str | None = None
-    paper_limit: int = 0  # items per benchmark; 0 = off
+
+    def validate(self) -> None:
+        for name in ("every", "heldout_limit", "paper_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"eval.{name} must be >= 0 (got {getattr(self, name)})")
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass
+class InferConfig:
+    """Switches of the decode engine (infer/engine.py, docs/INFERENCE.md, "Engine"). They
+    change speed, not results. None picks the device's default. Not a section of a run's YAML:
+    `Engine(options=...)`, `make_engine` and the generate/chat/serve options take it."""
+
+    compile: bool | None = None  # compile the dense parts of a decode block (default: on CUDA)
+    # torch.compile mode of those parts; "max-autotune-no-cudagraphs" tunes the decode matmuls
+    # (minutes of compilation at start-up); None compiles in seconds
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
+    fused_attention: bool | None = None  # one Triton kernel per block (default: CUDA + compile + Triton)
+    # batches of at most this many rows run the projections as fused reductions (faster than
+    # cuBLAS for one row, slower from two); 0 = never
+    gemv_rows: int = 1
+    cuda_graphs: bool | None = None  # capture the decode step (default: on CUDA)
+
+    def validate(self) -> None:
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"compile_mode={self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
+        if self.gemv_rows < 0:
+            raise ConfigError(f"gemv_rows must be >= 0 (got {self.gemv_rows})")
+
+
+def infer_config(**values: Any) -> InferConfig:
+    """An InferConfig from keyword values (CLI strings are coerced), validated."""
+    cfg = _build(InferConfig, values, "infer")
+    cfg.validate()
+    return cfg
 
 
 @dataclass
@@ -275,19 +344,74 @@ class Config:
 
     def validate(self) -> None:
         self.model.validate()
+        self.train.validate(self.model)
         if self.train.lora is not None:
             self.train.lora.validate()
+        self.eval.validate()
         self.rl.validate()
 
     def wants_eval_during_training(self) -> bool:
-        """train.eval_every is on and there is something to evaluate (held-out data or a paper suite)."""
-        paper = bool(self.eval.paper_data_dir) and self.eval.paper_limit > 0
-        return self.train.eval_every > 0 and bool(self.data.heldout_jsonl or self.data.heldout_dir or paper)
+        """eval.every is on and there is something to evaluate (held-out data or a paper suite)."""
+        e = self.eval
+        paper = bool(e.paper_data_dir) and e.paper_limit > 0
+        return e.every > 0 and bool(e.heldout_jsonl or e.heldout_dir or paper)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("set_keys")
         return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys that moved when the settings were grouped by lifetime (docs/ARCHITECTURE.md#configuration).
+# A user's YAML or override with an old key fails with a message naming the new one; a config saved
+# inside an older checkpoint is migrated silently (config_from_dict), so old runs load and resume.
+
+MOVED_KEYS: dict[str, str] = {
+    "model.bp_min_steps": "train.bp_min_steps",
+    "model.bp_max_steps": "train.bp_max_steps",
+    "model.bp_warmup_ratio": "train.bp_warmup_ratio",
+    "model.looped_bp_steps": "train.looped_bp_steps",
+    "model.rins_bp_steps": "train.rins_bp_steps",
+    "model.attn_backend": "train.attn_backend",
+    "data.heldout_dir": "eval.heldout_dir",
+    "data.heldout_jsonl": "eval.heldout_jsonl",
+    "train.eval_every": "eval.every",
+    "train.eval_limit": "eval.heldout_limit",
+}
+_MOVED_WHY = {
+    "model": "the model section holds only what ships with the weights",
+    "data": "evaluation settings are gathered in the eval section",
+    "train": "evaluation settings are gathered in the eval section",
+}
+_MOVED_EXTRA = {
+    "model.attn_backend": "; for inference pass attn_backend to hrm_text.checkpoint.loading.load_model, "
+                          "or HRMTextLM(cfg, attn_backend=...)",
+}
+
+
+def moved_key_message(old: str) -> str:
+    """The error for a key that has a new spelling (`old` is `section.key`)."""
+    new = MOVED_KEYS[old]
+    return f"{old} is now {new} ({_MOVED_WHY[old.split('.')[0]]}): write {new}{_MOVED_EXTRA.get(old, '')}"
+
+
+def migrate_saved_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a saved `Config.to_dict()` with the keys of older versions moved to their new
+    places (a value already at the new place wins). The input is not changed."""
+    out = {sec: dict(vals) if isinstance(vals, dict) else vals for sec, vals in d.items()}
+    for old, new in MOVED_KEYS.items():
+        old_sec, old_key = old.split(".")
+        new_sec, new_key = new.split(".")
+        src = out.get(old_sec)
+        if not isinstance(src, dict) or old_key not in src:
+            continue
+        value = src.pop(old_key)
+        dst = out.get(new_sec)
+        if not isinstance(dst, dict):
+            dst = out[new_sec] = {}
+        dst.setdefault(new_key, value)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,6 +484,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     types_ = _field_types(cls)
     unknown = [k for k in values if k not in types_]
+    for k in unknown:
+        if f"{where}.{k}" in MOVED_KEYS:
+            raise ConfigError(moved_key_message(f"{where}.{k}"))
     if unknown:
         raise ConfigError(
             f"unknown key {where}.{unknown[0]}; allowed keys in {where}: {', '.join(sorted(types_))}"
@@ -437,7 +564,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:
-    """Rebuild a Config saved with `Config.to_dict()` (e.g. inside a checkpoint)."""
+    """Rebuild a Config saved with `Config.to_dict()` (e.g. inside a checkpoint); keys an older
+    version saved elsewhere are migrated (MOVED_KEYS)."""
+    d = migrate_saved_config(d)
     model_raw = dict(d.get("model") or {})
     return Config(
         model=_build(ModelConfig, model_raw, "model"),

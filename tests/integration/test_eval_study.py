@@ -17,7 +17,7 @@ from hrm_text.model.flops import run_flops
 
 pytest.importorskip("matplotlib")
 
-MODEL = {"hidden_size": 64, "num_heads": 2, "head_dim": 32, "mlp_multiple": 64, "max_seq_len": 256, "attn_backend": "sdpa"}
+MODEL = {"hidden_size": 64, "num_heads": 2, "head_dim": 32, "mlp_multiple": 64, "max_seq_len": 256}
 
 
 def _corpus(root: Path) -> Path:
@@ -51,7 +51,7 @@ def _grid(tmp: Path, steps_hrm: int = 40) -> Path:
         "data": {"corpus_dir": str(_corpus(tmp / "corpus")), "vocab_size": 384, "context": 256, "epochs": 1},
         "eval": {"limit": 8, "max_new_tokens": 12, "batch": 16},
         "base": {"model": MODEL, "data": {"tokens_per_rank": 256, "num_workers": 0},
-                 "train": {"global_batch_tokens": 256, "lr": 3e-3, "lr_warmup_steps": 5, "ema_decay": 0.99,
+                 "train": {"attn_backend": "sdpa", "global_batch_tokens": 256, "lr": 3e-3, "lr_warmup_steps": 5, "ema_decay": 0.99,
                            "ema_warmup": True, "log_every": 5, "compile": False, "tensorboard": False, "dtype": "fp32"}},
         "budgets": [budget],
         "runs": [

@@ -290,7 +290,7 @@ def test_hrm_model_resume_is_bitwise(tmp_path):
     from hrm_text.data.batch import pack_rows
     from hrm_text.model.lm import HRMTextLM
 
-    cfg = model_config("tiny", vocab_size=128, hidden_size=64, num_heads=1, max_seq_len=64, attn_backend="sdpa")
+    cfg = model_config("tiny", vocab_size=128, hidden_size=64, num_heads=1, max_seq_len=64)
     g = torch.Generator().manual_seed(0)
     data = [
         pack_rows([[(torch.randint(1, 128, (5,), generator=g).tolist(), torch.randint(1, 128, (3,), generator=g).tolist())] * 2], 24)
@@ -310,7 +310,7 @@ def test_hrm_model_resume_is_bitwise(tmp_path):
 
     def build(seed):
         torch.manual_seed(seed)
-        m = HRMTextLM(cfg)
+        m = HRMTextLM(cfg, attn_backend="sdpa")
         return m, AdamAtan2(m.parameters(), lr=1e-3), ModelEMA(m, decay=0.9)
 
     m1, o1, e1 = build(0)

@@ -17,7 +17,7 @@ ORIGINAL = Path(__file__).parents[1] / "fixtures" / "eval" / "original"
 
 def test_eval_fn_runs_builtin_and_limited_paper_suite(tiny_data: dict) -> None:
     cfg = load_config(None, ["model.preset=tiny", f"data.tokenizer_dir={tiny_data['tokenizer']}",
-                             f"data.heldout_jsonl={tiny_data['heldout']}", "train.eval_limit=4",
+                             f"eval.heldout_jsonl={tiny_data['heldout']}", "eval.heldout_limit=4",
                              f"eval.paper_data_dir={ORIGINAL}", "eval.paper_limit=1", "eval.max_new_tokens=4",
                              "eval.batch_size=8"])
     fn = make_eval_fn(cfg)

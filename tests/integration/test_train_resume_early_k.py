@@ -15,7 +15,7 @@ from hrm_text.train.optim import AdamAtan2, ModelEMA
 
 def _setup(seed: int = 0) -> tuple[HRMTextLM, AdamAtan2, ModelEMA]:
     torch.manual_seed(seed)
-    model = HRMTextLM(model_config("tiny", vocab_size=64, attn_backend="sdpa"))
+    model = HRMTextLM(model_config("tiny", vocab_size=64), attn_backend="sdpa")
     opt = AdamAtan2(model.parameters(), lr=1e-3)
     return model, opt, ModelEMA(model, decay=0.9)
 

@@ -156,7 +156,7 @@ def test_sft_starts_from_pretrained_ema_weights(trained_tiny, tiny_data, tmp_pat
 
     sft = load_config("src/hrm_text/configs/sft.yaml", tiny_train_overrides(tiny_data, tmp_path / "sft", 3) + [
         f"train.init_from={trained_tiny}", "train.global_batch_tokens=512", "data.tokens_per_rank=256", "train.lr_warmup_steps=1"])
-    assert sft.train.full_bp_from_start and bp_steps_at(1, 3, sft.model, True) == sft.model.bp_max_steps
+    assert sft.train.full_bp_from_start and bp_steps_at(1, 3, sft.train, sft.model.arch) == sft.train.bp_max_steps
     fresh = load_config(None, tiny_train_overrides(tiny_data, tmp_path / "fresh", 3))
     r_sft = train(sft, resume=None, progress=False)
     r_fresh = train(fresh, resume=None, progress=False)
@@ -177,8 +177,8 @@ def test_sft_refuses_model_overrides_the_checkpoint_contradicts_and_keeps_the_ca
 
 def test_eval_during_training_logs_heldout_loss_and_exact_match(tiny_data, tmp_path):
     cfg = load_config(None, tiny_train_overrides(tiny_data, tmp_path / "run", 4) + [
-        f"data.heldout_dir={tiny_data['sampled']}", f"data.heldout_jsonl={tiny_data['heldout']}",
-        "train.eval_every=2", "train.eval_limit=4"])
+        f"eval.heldout_dir={tiny_data['sampled']}", f"eval.heldout_jsonl={tiny_data['heldout']}",
+        "eval.every=2", "eval.heldout_limit=4"])
     from hrm_text.eval.during_training import make_eval_fn  # evaluation sits a floor above training
 
     with pytest.raises(ConfigError, match="no eval_fn"):  # asked for, not given: refused, not skipped

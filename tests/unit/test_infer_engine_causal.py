@@ -23,7 +23,7 @@ def _full_recompute_greedy(model: HRMTextLM, prompt: list[int], n: int, objectiv
 
 def test_causal_prefill_matches_a_causal_full_recompute() -> None:
     torch.manual_seed(0)
-    model = HRMTextLM(model_config("tiny", vocab_size=64, attn_backend="sdpa")).eval()
+    model = HRMTextLM(model_config("tiny", vocab_size=64), attn_backend="sdpa").eval()
     prompt = [1, 9, 17, 33, 12, 40, 2]
     got = {}
     for prefix in (True, False):

@@ -271,19 +271,26 @@ def test_lr_cosine_to_floor():
 
 
 def test_bp_steps_exact_values():
-    cfg = model_config("tiny", bp_min_steps=2, bp_max_steps=5, bp_warmup_ratio=0.2)
+    cfg = TrainConfig(bp_min_steps=2, bp_max_steps=5, bp_warmup_ratio=0.2)
     # ratio * total = 200: K = 2 + int(step / 200 * 3)
     expected = {0: 2, 1: 2, 66: 2, 67: 3, 133: 3, 134: 4, 199: 4, 200: 5, 1000: 5, 5000: 5}
-    assert {s: bp_steps_at(s, 1000, cfg) for s in expected} == expected
+    assert {s: bp_steps_at(s, 1000, cfg, "hrm") for s in expected} == expected
     assert all(
-        bp_steps_at(s, 1000, cfg) == 2 + int(min(1.0, s / (0.2 * 1000)) * 3) for s in range(0, 1001)
+        bp_steps_at(s, 1000, cfg, "trm") == 2 + int(min(1.0, s / (0.2 * 1000)) * 3) for s in range(0, 1001)
     )
 
 
 def test_bp_steps_full_from_start_and_guards():
-    cfg = model_config("tiny", bp_min_steps=2, bp_max_steps=5, bp_warmup_ratio=0.2)
-    assert bp_steps_at(1, 1000, cfg, full_from_start=True) == 5
-    assert bp_steps_at(1, 0, cfg) == 5  # unknown length: no warm-up to follow
-    assert bp_steps_at(1, 1000, model_config("tiny", bp_warmup_ratio=0.0, bp_max_steps=5)) == 5
-    same = model_config("tiny", bp_min_steps=3, bp_max_steps=3)
-    assert {bp_steps_at(s, 100, same) for s in range(0, 101)} == {3}
+    cfg = TrainConfig(bp_min_steps=2, bp_max_steps=5, bp_warmup_ratio=0.2)
+    assert bp_steps_at(1, 1000, TrainConfig(bp_min_steps=2, bp_max_steps=5, full_bp_from_start=True), "hrm") == 5
+    assert bp_steps_at(1, 0, cfg, "hrm") == 5  # unknown length: no warm-up to follow
+    assert bp_steps_at(1, 1000, TrainConfig(bp_warmup_ratio=0.0, bp_max_steps=5), "hrm") == 5
+    same = TrainConfig(bp_min_steps=3, bp_max_steps=3)
+    assert {bp_steps_at(s, 100, same, "hrm") for s in range(0, 101)} == {3}
+
+
+def test_bp_steps_of_the_baselines_are_their_fixed_counts():
+    cfg = TrainConfig(looped_bp_steps=3, rins_bp_steps=6)
+    assert {bp_steps_at(s, 1000, cfg, "looped") for s in (1, 100, 1000)} == {3}
+    assert {bp_steps_at(s, 1000, cfg, "rins") for s in (1, 100, 1000)} == {6}
+    assert bp_steps_at(1, 1000, cfg, "transformer") == 1

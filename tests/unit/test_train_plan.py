@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hrm_text.config import ConfigError, model_config
+from hrm_text.config import ConfigError, TrainConfig, model_config
 from hrm_text.model.flops import run_flops, train_flops_per_token
 from hrm_text.train.plan import (
     ESTIMATE_MFU,
@@ -51,8 +51,8 @@ def test_xl_reproduces_the_papers_run(monkeypatch):
 
 
 def test_average_flops_follow_the_k_warmup():
-    cfg = model_config("XL")
-    lo, hi = train_flops_per_token(cfg, cfg.bp_min_steps), train_flops_per_token(cfg, cfg.bp_max_steps)
+    cfg, t = model_config("XL"), TrainConfig()
+    lo, hi = train_flops_per_token(cfg, t.bp_min_steps), train_flops_per_token(cfg, t.bp_max_steps)
     r = plan("XL", 1e9, 1, 1.0)
     assert lo < r.flops_per_token < hi
 

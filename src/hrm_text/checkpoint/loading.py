@@ -87,7 +87,9 @@ def load_model(
 
     A checkpoint trained with `train.lora` holds the frozen base and the adapter; it is returned
     merged into a plain model (what generate/chat/serve/eval run fast), or with the adapter still
-    separate when `merge_lora=False` (export of a PEFT adapter folder)."""
+    separate when `merge_lora=False` (export of a PEFT adapter folder). `attn_backend` picks the
+    attention kernel of full-sequence scoring (`model.build_mask`; None keeps "auto"); the engine's
+    prefill and decode use their own masks."""
     p = resolve_checkpoint(path)
     tokenizer: TextTokenizer | None = None
     lora: LoraConfig | None = None
@@ -115,8 +117,8 @@ def load_model(
             model, lora = merge(model), None
         if (p / "tokenizer").is_dir():
             tokenizer = TextTokenizer.load(p / "tokenizer")
-    if attn_backend is not None:
-        model.cfg.attn_backend = attn_backend  # type: ignore[misc]
+    if attn_backend is not None:  # a run-time kernel choice, not part of the saved config
+        model.set_attn_backend(attn_backend)
     model = model.to(device=device, dtype=dtype).eval()
     return LoadedModel(model, tokenizer, source, p, lora)
 

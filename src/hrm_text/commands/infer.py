@@ -62,6 +62,16 @@ def _params(max_tokens: int, temperature: float, top_p: float, top_k: int, seed:
     return p
 
 
+def _infer_options(compile_mode: Optional[str], gemv_rows: int):  # -> InferConfig
+    """The engine's speed switches from the command line; a bad value is exit code 2."""
+    from hrm_text.config import ConfigError, infer_config
+
+    try:
+        return infer_config(compile_mode=compile_mode, gemv_rows=gemv_rows)
+    except ConfigError as e:
+        raise _fail(str(e))
+
+
 def _check_condition(condition: str) -> str:
     from hrm_text.data.records import parse_condition
 
@@ -81,6 +91,8 @@ _STOP = typer.Option(None, "--stop", help="Stop string (repeat for several); the
 _DEVICE = typer.Option(None, help="cpu or cuda (default: cuda if available).")
 _DTYPE = typer.Option(None, help="float32, bfloat16 or float16 (default: bfloat16 on CUDA, float32 on CPU).")
 _MAX_LEN = typer.Option(None, "--max-len", help="Context length of the KV cache (default: the model's max_seq_len).")
+_COMPILE_MODE = typer.Option(None, "--compile-mode", help="torch.compile mode of the decode block on CUDA, e.g. max-autotune-no-cudagraphs (tunes the matmuls; minutes of start-up).")
+_GEMV_ROWS = typer.Option(1, "--gemv-rows", help="Batches of at most this many rows run the decode matmuls as fused reductions on CUDA (0 = never).")
 
 
 def generate_cmd(
@@ -96,6 +108,8 @@ def generate_cmd(
     device: Optional[str] = _DEVICE,
     dtype: Optional[str] = _DTYPE,
     max_len: Optional[int] = _MAX_LEN,
+    compile_mode: Optional[str] = _COMPILE_MODE,
+    gemv_rows: int = _GEMV_ROWS,
     raw_weights: bool = typer.Option(False, "--raw-weights", help="Use the raw weights instead of the EMA ones."),
     stream: bool = typer.Option(True, help="Print tokens as they are produced."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the text: prompt, condition, prompt_ids, ids (generated tokens, the final <eoa> excluded), text, finish_reason (stop|length)."),
@@ -110,8 +124,9 @@ def generate_cmd(
     stream = stream and not (as_json or ids_only)
     cond = _check_condition(condition)
     params = _params(max_tokens, temperature, top_p, top_k, seed, stop)
+    options = _infer_options(compile_mode, gemv_rows)
     loaded = _load(ckpt, device, dtype, raw_weights)
-    engine = make_engine(loaded.model, loaded.tokenizer, max_batch=1, max_len=max_len)
+    engine = make_engine(loaded.model, loaded.tokenizer, max_batch=1, max_len=max_len, options=options)
 
     def out(delta: str) -> None:
         sys.stdout.write(delta)
@@ -145,6 +160,8 @@ def chat_cmd(
     device: Optional[str] = _DEVICE,
     dtype: Optional[str] = _DTYPE,
     max_len: Optional[int] = _MAX_LEN,
+    compile_mode: Optional[str] = _COMPILE_MODE,
+    gemv_rows: int = _GEMV_ROWS,
     raw_weights: bool = typer.Option(False, "--raw-weights", help="Use the raw weights instead of the EMA ones."),
 ) -> None:
     """Interactive chat in the terminal: answers stream as they are produced.
@@ -158,8 +175,9 @@ def chat_cmd(
 
     cond = _check_condition(condition)
     params = _params(max_tokens, temperature, top_p, top_k, seed, stop)
+    options = _infer_options(compile_mode, gemv_rows)
     loaded = _load(ckpt, device, dtype, raw_weights)
-    engine = make_engine(loaded.model, loaded.tokenizer, max_batch=1, max_len=max_len)
+    engine = make_engine(loaded.model, loaded.tokenizer, max_batch=1, max_len=max_len, options=options)
     session = ChatSession(engine, loaded.tokenizer, params, condition=cond, system=system)
     try:
         run_chat(session)
@@ -178,16 +196,20 @@ def serve_cmd(
     device: Optional[str] = _DEVICE,
     dtype: Optional[str] = _DTYPE,
     raw_weights: bool = typer.Option(False, "--raw-weights", help="Serve the raw weights instead of the EMA ones."),
+    compile_mode: Optional[str] = _COMPILE_MODE,
+    gemv_rows: int = _GEMV_ROWS,
 ) -> None:
     """OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions (SSE with stream=true),
     /v1/models, /health. Extra request field 'condition' selects condition tags (default direct)."""
     if max_batch < 1:
         raise _fail("--max-batch must be >= 1")
+    options = _infer_options(compile_mode, gemv_rows)
     loaded = _load(ckpt, device, dtype, raw_weights)
     from hrm_text.infer.server import create_app
 
     try:
-        app = create_app(loaded, model_name=model_name, api_key=api_key, max_batch=max_batch, max_len=max_len)
+        app = create_app(loaded, model_name=model_name, api_key=api_key, max_batch=max_batch, max_len=max_len,
+                         options=options)
     except ValueError as e:
         raise _fail(str(e))
     import uvicorn

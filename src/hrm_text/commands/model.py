@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from hrm_text.config import PRESETS, ConfigError, model_config
+from hrm_text.config import PRESETS, ConfigError, TrainConfig, model_config
 
 
 def model_info_cmd(
@@ -30,9 +30,11 @@ def model_info_cmd(
     typer.echo(f"  hidden {cfg.hidden_size}, heads {cfg.num_heads} x {cfg.head_dim}, intermediate {cfg.intermediate_size}, "
                f"stacks {dict(sched.stacks)}, {len(sched.calls)} stack calls per token: {' '.join(c.kind.value for c in sched.calls)}")
     typer.echo(f"  forward FLOPs/token: {forward_flops_per_token(cfg):.3e}")
-    for K in range(cfg.bp_min_steps, cfg.bp_max_steps + 1):
+    t = TrainConfig()  # the paper's K schedule (train.bp_*)
+    ks = range(t.bp_min_steps, t.bp_max_steps + 1) if arch in ("hrm", "trm") else [t.final_bp_steps(arch)]
+    for K in ks:
         typer.echo(f"  training FLOPs/token at K={K}: {train_flops_per_token(cfg, K):.3e}")
-    typer.echo(f"  training FLOPs for {tokens:.3g} tokens (K warm-up included): {run_flops(cfg, tokens):.3e}")
+    typer.echo(f"  training FLOPs for {tokens:.3g} tokens (K warm-up included): {run_flops(cfg, tokens, t):.3e}")
 
 
 def register(app: typer.Typer) -> None:

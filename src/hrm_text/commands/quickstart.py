@@ -129,19 +129,20 @@ def _calibrate_steps(cfg, budget_s: float, dev: str) -> int:
     from hrm_text.data.loader import PackedLoader
     from hrm_text.model.lm import HRMTextLM
 
-    model = HRMTextLM(cfg.model).to(dev)
+    model = HRMTextLM(cfg.model, attn_backend=cfg.train.attn_backend).to(dev)
+    K = cfg.train.final_bp_steps(cfg.model.arch)  # the steady-state step the run will mostly take
     loader = PackedLoader(cfg.data.sampled_dir, cfg.data.tokens_per_rank, prefetch=False)
     accum = max(1, cfg.train.global_batch_tokens // cfg.data.tokens_per_rank)
     batches = [next(loader).to(dev) for _ in range(accum)]
     # warm up on every micro-batch first: the first calls of a fresh process run ~1.5x slower
     # (allocator, kernels), and timing them made the run stop after ~60% of its budget
     for b in batches:
-        model.loss(b, bp_steps=cfg.model.bp_max_steps).loss_sum.backward()
+        model.loss(b, bp_steps=K).loss_sum.backward()
     if dev == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for b in batches:
-        model.loss(b, bp_steps=cfg.model.bp_max_steps).loss_sum.backward()
+        model.loss(b, bp_steps=K).loss_sum.backward()
     if dev == "cuda":
         torch.cuda.synchronize()
     step_s = (time.perf_counter() - t0) * 1.1  # optimizer, EMA, loader, logging

@@ -1,8 +1,8 @@
-"""Evaluation during training (greedy, EMA weights) every `train.eval_every` steps:
+"""Evaluation during training (greedy, EMA weights) every `eval.every` steps:
 
-- held-out loss on `data.heldout_dir` (a `hrm-text data sample` output), `train.eval_limit` rows
+- held-out loss on `eval.heldout_dir` (a `hrm-text data sample` output), `eval.heldout_limit` rows
   of `data.tokens_per_rank` tokens, response tokens only, full recurrence;
-- held-out exact match on `data.heldout_jsonl` (the built-in suite), `train.eval_limit` rows per file;
+- held-out exact match on `eval.heldout_jsonl` (the built-in suite), `eval.heldout_limit` rows per file;
 - optionally a `--limit`-ed paper suite from local files: `eval.paper_data_dir` with
   `eval.paper_limit` items per benchmark, answers capped at `eval.max_new_tokens` so a CoT benchmark
   cannot stall training. Those numbers track progress; they are not the paper protocol's numbers.
@@ -27,9 +27,9 @@ def make_eval_fn(cfg: Config, max_new_tokens: int = 32) -> Callable[[HRMTextLM, 
     from hrm_text.eval.runner import builtin_items, paper_items, run_suite
 
     use_paper = bool(cfg.eval.paper_data_dir) and cfg.eval.paper_limit > 0
-    assert cfg.data.heldout_jsonl or use_paper or cfg.data.heldout_dir
-    heldout_rows = _heldout_rows(cfg) if cfg.data.heldout_dir else []
-    items = builtin_items(cfg.data.heldout_jsonl, limit=cfg.train.eval_limit) if cfg.data.heldout_jsonl else []
+    assert cfg.eval.heldout_jsonl or use_paper or cfg.eval.heldout_dir
+    heldout_rows = _heldout_rows(cfg) if cfg.eval.heldout_dir else []
+    items = builtin_items(cfg.eval.heldout_jsonl, limit=cfg.eval.heldout_limit) if cfg.eval.heldout_jsonl else []
     paper = (paper_items(cfg.eval.paper_data_dir, limit=cfg.eval.paper_limit, source="local")
              if use_paper else [])
     tok_dir = cfg.data.tokenizer_dir
@@ -75,14 +75,14 @@ def make_eval_fn(cfg: Config, max_new_tokens: int = 32) -> Callable[[HRMTextLM, 
 
 
 def _heldout_rows(cfg: Config) -> list:
-    """The first `train.eval_limit` packed rows of the held-out sampled data (same rows every time)."""
+    """The first `eval.heldout_limit` packed rows of the held-out sampled data (same rows every time)."""
     from hrm_text.data.loader import PackedLoader
 
-    loader = PackedLoader(cfg.data.heldout_dir, cfg.data.tokens_per_rank, prefetch=False, epochs=1)
+    loader = PackedLoader(cfg.eval.heldout_dir, cfg.data.tokens_per_rank, prefetch=False, epochs=1)
     rows = []
     for b in loader:
         rows.append(b)
-        if len(rows) >= max(1, cfg.train.eval_limit):
+        if len(rows) >= max(1, cfg.eval.heldout_limit):
             break
     loader.close()
     return rows

@@ -268,7 +268,7 @@ def plan_steps(cfg: Config, budget: float, tokens_per_step: float) -> tuple[int,
     """(optimizer steps, FLOPs per token) that spend `budget` training FLOPs."""
     from hrm_text.model.flops import run_flops
 
-    fpt = run_flops(cfg.model, 1.0)
+    fpt = run_flops(cfg.model, 1.0, cfg.train)
     return max(1, round(budget / (fpt * tokens_per_step))), fpt
 
 

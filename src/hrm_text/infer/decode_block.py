@@ -11,7 +11,6 @@ All of it computes exactly what `Block.forward` / `RecurrentCore.forward` comput
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import torch
@@ -83,10 +82,10 @@ class CompiledDecodeBlock:
     """
 
     def __init__(self, mode: str | None = None, fused: bool = False, gemv: bool = False) -> None:
-        # HRM_TEXT_DECODE_COMPILE_MODE=max-autotune-no-cudagraphs lets inductor tune the decode matmuls
-        # (minutes of compilation at start-up); the default mode compiles in seconds
-        mode = mode or os.environ.get("HRM_TEXT_DECODE_COMPILE_MODE") or None
+        # mode (InferConfig.compile_mode) "max-autotune-no-cudagraphs" lets inductor tune the decode
+        # matmuls (minutes of compilation at start-up); the default mode compiles in seconds
         self.fused = fused
+        self.mode = mode
         if fused and gemv:
             # matmuls as multiply + sum: inductor emits them as reduction kernels fused with the norm,
             # residual and SwiGLU work around them, tuned by coordinate descent

@@ -17,6 +17,8 @@ runs. docs/INFERENCE.md lists the switches, docs/PERFORMANCE.md what each one ga
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import os
 import time
@@ -26,11 +28,19 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from hrm_text.config import InferConfig
 from hrm_text.infer.decode_attention import fused_decode_available
 from hrm_text.infer.decode_block import BlockFn, CompiledDecodeBlock, decode_hidden, eager_block
 from hrm_text.model.attention import AttnMask
 from hrm_text.model.lm import HRMTextLM
 from hrm_text.model.lora import has_lora
+
+log = logging.getLogger(__name__)
+
+# environment switches of earlier versions, now InferConfig fields: a run that still sets one is
+# told so, rather than silently decoding with other settings
+_RETIRED_ENV = {"HRM_TEXT_DECODE_GEMV_ROWS": "gemv_rows", "HRM_TEXT_DECODE_COMPILE_MODE": "compile_mode"}
+_warned_env: set[str] = set()  # once per process: evaluation during training builds many engines
 
 
 @dataclass
@@ -99,6 +109,8 @@ class Engine:
     """Batched generation over an HRMTextLM.
 
     `decode_text` (tokenizer.decode) enables stop strings; `eoa_id` ends a response.
+    `options` (InferConfig) holds the speed switches; the keyword arguments `cuda_graphs`,
+    `compile`, `fused_attention` and `gemv_rows`, when given, override its fields:
     `compile` (default: on CUDA) compiles the dense parts of a decode block; `fused_attention`
     (default: on CUDA when compiling and Triton is present) replaces RoPE, the cache writes, attention
     and the output gate by one Triton kernel per block (infer/decode_attention.py).
@@ -116,7 +128,11 @@ class Engine:
         fused_attention: bool | None = None,
         gemv_rows: int | None = None,
         prefix_lm: bool = True,
+        options: InferConfig | None = None,
     ):
+        opts = _resolve_options(options, cuda_graphs=cuda_graphs, compile=compile,
+                                fused_attention=fused_attention, gemv_rows=gemv_rows)
+        self.options = opts
         self.model = model.eval()
         # False: the prompt is read causally too, for models trained without the PrefixLM mask
         # (train.objective causal_*); decode is the same either way
@@ -129,7 +145,7 @@ class Engine:
         self.device, self.dtype = p.device, p.dtype
         self.cache = model.new_cache(max_batch, self.max_len)
         self.vocab = model.cfg.vocab_size  # sample only real tokens, never the padding rows
-        use_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        use_graphs = self.device.type == "cuda" if opts.cuda_graphs is None else opts.cuda_graphs
         self._graph: torch.cuda.CUDAGraph | None = None
         self._use_graphs = use_graphs and self.device.type == "cuda"
         B = max_batch
@@ -146,7 +162,8 @@ class Engine:
         # Decoding one token evaluates 128 blocks for XL, each a handful of small kernels: launch
         # bound. Compiled block parts (shared by every block and stack call) and the fused attention
         # kernel keep the kernel count down; the CUDA graph then replays the whole step.
-        use_compile = self.device.type == "cuda" if compile is None else compile
+        use_compile = self.device.type == "cuda" if opts.compile is None else opts.compile
+        fused_attention = opts.fused_attention
         if fused_attention is None:  # live LoRA adapters (evaluation during LoRA training) need module calls
             fused_attention = use_compile and fused_decode_available(self.device) and not has_lora(model)
         if fused_attention and not (use_compile and fused_decode_available(self.device)):
@@ -155,10 +172,10 @@ class Engine:
             raise ValueError("the fused decode path cannot run live LoRA adapters; merge them first (hrm_text.model.lora.merge_lora)")
         self._fused = fused_attention
         # one row: matmuls as fused reductions beat cuBLAS (XL on an H100: 5.5-6.0 ms against 6.6 ms a
-        # step); from two rows on they lose (docs/PERFORMANCE.md). HRM_TEXT_DECODE_GEMV_ROWS overrides.
-        gemv_rows = int(os.environ.get("HRM_TEXT_DECODE_GEMV_ROWS", gemv_rows if gemv_rows is not None else 1))
-        self._gemv = bool(fused_attention and max_batch <= gemv_rows)
-        self._block_fn: BlockFn = CompiledDecodeBlock(fused=fused_attention, gemv=self._gemv) if use_compile else eager_block
+        # step); from two rows on they lose (docs/PERFORMANCE.md). InferConfig.gemv_rows sets the limit.
+        self._gemv = bool(fused_attention and max_batch <= opts.gemv_rows)
+        self._block_fn: BlockFn = (CompiledDecodeBlock(mode=opts.compile_mode, fused=fused_attention, gemv=self._gemv)
+                                   if use_compile else eager_block)
 
     # ------------------------------------------------------------------ model calls
     @torch.no_grad()
@@ -401,6 +418,19 @@ class Engine:
         if text is None and self.decode_text is not None:
             text = self.decode_text(row.generated)
         return Result(row.req.request_id, row.req.prompt_ids, row.generated, reason, text)
+
+
+def _resolve_options(options: InferConfig | None, **given: bool | int | None) -> InferConfig:
+    """`options` (default InferConfig()) with the keyword arguments that were given laid over it;
+    validated. The caller's object is not changed."""
+    for var, field_name in _RETIRED_ENV.items():
+        if os.environ.get(var) and var not in _warned_env:
+            _warned_env.add(var)
+            log.warning("%s is no longer read; pass InferConfig(%s=...) to the engine (or the --%s option "
+                        "of generate, chat and serve)", var, field_name, field_name.replace("_", "-"))
+    opts = dataclasses.replace(options or InferConfig(), **{k: v for k, v in given.items() if v is not None})
+    opts.validate()
+    return opts
 
 
 def greedy(engine: Engine, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:

@@ -40,6 +40,7 @@ from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hrm_text.config import InferConfig
 from hrm_text.data.records import parse_condition
 from hrm_text.data.tokenizer import TextTokenizer
 from hrm_text.infer.chat import StreamDecoder, decode_fn, fold_messages
@@ -224,11 +225,11 @@ class ServerState:
     """What the route handlers share: tokenizer, worker, model name, limits."""
 
     def __init__(self, loaded: LoadedModel, model_name: str, api_key: str | None, max_batch: int,
-                 max_len: int | None, max_tokens_limit: int | None) -> None:
+                 max_len: int | None, max_tokens_limit: int | None, options: InferConfig | None = None) -> None:
         if loaded.tokenizer is None:
             raise ValueError(f"{loaded.path} has no tokenizer; the server needs one to read and write text")
         self.tok: TextTokenizer = loaded.tokenizer
-        self.engine = make_engine(loaded.model, self.tok, max_batch=max_batch, max_len=max_len)
+        self.engine = make_engine(loaded.model, self.tok, max_batch=max_batch, max_len=max_len, options=options)
         self.worker = EngineWorker(self.engine)
         self.model_name = model_name
         self.model_ids = [model_name] + ([DEFAULT_MODEL_ALIAS] if model_name != DEFAULT_MODEL_ALIAS else [])
@@ -316,20 +317,21 @@ def create_app(
     max_batch: int = 8,
     max_len: int | None = None,
     max_tokens_limit: int | None = None,
+    options: InferConfig | None = None,
 ) -> FastAPI:
     """Build the FastAPI app serving `loaded` (the engine thread starts with the app's lifespan).
 
     `model_name` is the id clients pass as `model` (default: the checkpoint folder's name); the
     alias `hrm-text` (DEFAULT_MODEL_ALIAS) names the same model;
     `api_key` enables `Authorization: Bearer <key>` on /v1/*; `max_tokens_limit` caps max_tokens
-    (default and upper bound: the context length).
+    (default and upper bound: the context length); `options` are the engine's speed switches.
     """
     from contextlib import asynccontextmanager
 
     name = model_name or loaded.path.name
     if name.startswith("step_") and loaded.path.parent.name:
         name = f"{loaded.path.parent.name}/{loaded.path.name}"
-    state = ServerState(loaded, name, api_key, max_batch, max_len, max_tokens_limit)
+    state = ServerState(loaded, name, api_key, max_batch, max_len, max_tokens_limit, options)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from hrm_text.config import InferConfig
 from hrm_text.data.tokenizer import TextTokenizer
 from hrm_text.infer.engine import Engine, Request, SamplingParams
 from hrm_text.model.lm import HRMTextLM
 
 
 def make_engine(model: HRMTextLM, tok: TextTokenizer, max_batch: int = 32, max_len: int | None = None,
-                prefix_lm: bool = True, **engine_options: Any) -> Engine:
-    """`engine_options`: further `Engine` switches (compile, cuda_graphs, ...)."""
+                prefix_lm: bool = True, options: InferConfig | None = None, **engine_options: Any) -> Engine:
+    """`options`: the engine's speed switches (InferConfig); `engine_options`: single `Engine`
+    keyword switches laid over them (compile, cuda_graphs, ...)."""
     return Engine(model, eoa_id=tok.eoa_id, max_batch=max_batch, max_len=max_len,
                   decode_text=lambda ids: tok.decode(ids, skip_special_tokens=True), prefix_lm=prefix_lm,
-                  **engine_options)
+                  options=options, **engine_options)
 
 
 def text_generate_fn(

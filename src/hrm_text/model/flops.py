@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hrm_text.config import ModelConfig
+from hrm_text.config import ModelConfig, TrainConfig
 from hrm_text.model.schedule import build_schedule
 
 
@@ -62,11 +62,11 @@ def forward_flops_per_token(cfg: ModelConfig, include_head: bool = False, seq_le
 
 
 def train_flops_per_token(cfg: ModelConfig, bp_steps: int | None = None, include_head: bool = False, seq_len: int | None = None) -> float:
-    """Training FLOPs per token with K = `bp_steps` recorded calls (None: cfg.bp_max_steps)."""
+    """Training FLOPs per token with K = `bp_steps` recorded calls, as the model's forward reads it
+    (None: every call recorded; the K of a training run: TrainConfig.final_bp_steps)."""
     sched = build_schedule(cfg)
     per_stack = stack_params(cfg)
-    K = cfg.bp_max_steps if bp_steps is None else bp_steps
-    recorded = sched.recorded(K)
+    recorded = sched.recorded(bp_steps)
     total = 0.0
     for call, rec in zip(sched.calls, recorded):
         mult = 6.0 if rec else 2.0
@@ -78,17 +78,19 @@ def train_flops_per_token(cfg: ModelConfig, bp_steps: int | None = None, include
     return total
 
 
-def run_flops(cfg: ModelConfig, tokens: float, bp_warmup_ratio: float | None = None, include_head: bool = False) -> float:
-    """Total training FLOPs for `tokens`, following the K warm-up (K averaged over training progress)."""
-    ratio = cfg.bp_warmup_ratio if bp_warmup_ratio is None else bp_warmup_ratio
+def run_flops(cfg: ModelConfig, tokens: float, train: TrainConfig | None = None, include_head: bool = False) -> float:
+    """Total training FLOPs for `tokens`, following the K warm-up of `train` (K averaged over training
+    progress; None: TrainConfig's defaults, the paper's schedule)."""
+    t = train if train is not None else TrainConfig()
+    ratio = 0.0 if t.full_bp_from_start else t.bp_warmup_ratio
     if cfg.arch not in ("hrm", "trm") or ratio <= 0:
-        return tokens * train_flops_per_token(cfg, None, include_head)
+        return tokens * train_flops_per_token(cfg, t.final_bp_steps(cfg.arch), include_head)
     # progress p in [0, 1]; K(p) = bp_min + int(min(1, p/ratio) * (bp_max - bp_min)); integrate exactly
-    span = cfg.bp_max_steps - cfg.bp_min_steps
+    span = t.bp_max_steps - t.bp_min_steps
     total = 0.0
     if span == 0:
-        return tokens * train_flops_per_token(cfg, cfg.bp_min_steps, include_head)
+        return tokens * train_flops_per_token(cfg, t.bp_min_steps, include_head)
     for j in range(span):  # K = bp_min + j holds for progress in [ratio*j/span, ratio*(j+1)/span)
-        total += ratio / span * train_flops_per_token(cfg, cfg.bp_min_steps + j, include_head)
-    total += (1.0 - ratio) * train_flops_per_token(cfg, cfg.bp_max_steps, include_head)
+        total += ratio / span * train_flops_per_token(cfg, t.bp_min_steps + j, include_head)
+    total += (1.0 - ratio) * train_flops_per_token(cfg, t.bp_max_steps, include_head)
     return tokens * total

@@ -1,6 +1,6 @@
 """The language model: recurrent core + untied head + the response-only loss.
 
-    model = HRMTextLM(model_config("tiny", vocab_size=1024))
+    model = HRMTextLM(model_config("tiny", vocab_size=1024), attn_backend="auto")
     out = model.loss(batch, bp_steps=K)      # batch: hrm_text.data.batch.PackedBatch
     logits = model(input_ids, position_ids, mask)
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from hrm_text.config import ModelConfig
+from hrm_text.config import ATTN_BACKENDS, ModelConfig
 from hrm_text.data.batch import IGNORE_INDEX, PackedBatch
 from hrm_text.model.attention import AttnMask, build_prefix_lm_mask
 from hrm_text.model.hrm import RecurrentCore
@@ -34,9 +34,15 @@ class LossOutput:
 
 
 class HRMTextLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, init: bool = True):
+    """`cfg` is the network's shape (saved with the weights). `attn_backend` picks the attention
+    kernel of full-sequence masks (`build_mask`): a run-time choice (train.attn_backend, or
+    load_model's argument), not saved; change it with `set_attn_backend`."""
+
+    def __init__(self, cfg: ModelConfig, init: bool = True, attn_backend: str = "auto"):
         super().__init__()
         self.cfg = cfg
+        self.attn_backend = "auto"
+        self.set_attn_backend(attn_backend)
         self.model = RecurrentCore(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.padded_vocab_size, bias=False)
         if init:
@@ -50,8 +56,13 @@ class HRMTextLM(nn.Module):
         """The units FSDP2 shards one by one (and activation checkpointing would wrap)."""
         return [m for m in self.modules() if isinstance(m, Block)]
 
+    def set_attn_backend(self, backend: str) -> None:
+        if backend not in ATTN_BACKENDS:
+            raise ValueError(f"attn_backend={backend!r} is not one of {', '.join(ATTN_BACKENDS)}")
+        self.attn_backend = backend
+
     def build_mask(self, doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> AttnMask:
-        return build_prefix_lm_mask(doc_ids, is_prefix, self.cfg.attn_backend)
+        return build_prefix_lm_mask(doc_ids, is_prefix, self.attn_backend)
 
     @property
     def num_cache_slots(self) -> int:

@@ -1,6 +1,7 @@
 """Every architecture as a *schedule* over the same blocks (docs/ARCHITECTURE.md#the-recurrence,
 #baselines): named state vectors per token, named stacks, and an ordered list of stack calls
-`target = stack(sum of input states)`, with the calls recorded for autograd given K.
+`target = stack(sum of input states)`, with the calls recorded for autograd given K (the forward's
+`bp_steps`; None records every call).
 
     hrm          z_H = embed * sqrt(hidden); z_L = z_L_init
                  repeat H_cycles: (L_cycles times: z_L = L(z_L + z_H)); z_H = H(z_H + z_L)
@@ -8,12 +9,13 @@
     trm          HRM's schedule with one shared stack of n_layers / 2
     transformer  one stack of all n_layers, one pass
     looped       one stack of all n_layers run looped_cycles times, z = stack(z + x) with z0 = 0;
-                 gradients through the last looped_bp_steps calls
+                 gradients through the last K calls
     rins         L stack run rins_L_cycles times on z_L + x (z_L starts at z_L_init; gradients through
-                 the last rins_bp_steps), then the H stack once on z_L (always recorded)
+                 the last K), then the H stack once on z_L (always recorded)
 
-The K schedule of deep credit assignment applies to hrm and trm; the other baselines use their
-fixed counts, as in the paper.
+K is chosen by the caller, not the model config (it is a training setting): the trainer's K warm-up
+for hrm and trm (train.bp_*), the fixed train.looped_bp_steps / train.rins_bp_steps for the
+baselines, as in the paper (TrainConfig.final_bp_steps). The transformer's one call is always recorded.
 """
 
 from __future__ import annotations
@@ -107,13 +109,12 @@ def transformer_schedule(cfg: ModelConfig) -> Schedule:
 def looped_schedule(cfg: ModelConfig) -> Schedule:
     n = cfg.looped_cycles
     calls = tuple(Call("stack", "z", ("z", "x"), CallKind.L) for _ in range(n))
-    bp = min(cfg.looped_bp_steps, n)
     return Schedule(
         {"stack": cfg.n_layers},
         {"x": StateInit.EMBED, "z": StateInit.ZEROS},
         calls,
         "z",
-        lambda K: tuple(True for _ in calls) if K is None else _last_n(n, bp),
+        lambda K: tuple(True for _ in calls) if K is None else _last_n(n, min(K, n)),
     )
 
 
@@ -122,13 +123,12 @@ def rins_schedule(cfg: ModelConfig) -> Schedule:
     calls = tuple(Call("L_module", "zL", ("zL", "x"), CallKind.L) for _ in range(n)) + (
         Call("H_module", "zH", ("zL",), CallKind.H),
     )
-    bp = min(cfg.rins_bp_steps, n)
     return Schedule(
         {"H_module": cfg.half_layers, "L_module": cfg.half_layers},
         {"x": StateInit.EMBED, "zL": StateInit.Z_L_INIT},
         calls,
         "zH",
-        lambda K: tuple(True for _ in calls) if K is None else _last_n(n, bp) + (True,),
+        lambda K: tuple(True for _ in calls) if K is None else _last_n(n, min(K, n)) + (True,),
     )
 
 

@@ -197,7 +197,7 @@ def run_grpo(cfg: Config, resume: str | None = "auto", progress: bool = True,
     n_rows = rl.prompts_per_step * rl.group_size
     engine = Engine(rollout, eoa_id=tok.eoa_id, max_batch=max(n_rows, min(64, len(heldout) or 1)), max_len=max_len,
                     decode_text=lambda ids: tok.decode(ids, skip_special_tokens=True))
-    K = cfg.model.bp_max_steps
+    K = cfg.train.final_bp_steps(cfg.model.arch)
 
     logger = MetricsLogger(out_dir, total_steps=t.max_steps, price_per_gpu_hour=t.price_per_gpu_hour, num_gpus=1,
                            peak_flops=0.0, tensorboard=t.tensorboard, wandb=t.wandb, start_step=start,

@@ -135,7 +135,7 @@ def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str, tokens_per_rank: int,
     states = params.total * (4 + 4 + 8 + 4) / gpus
     emb = params.total - params.non_embedding  # input embedding + head, in FSDP's root unit
     gathered = 2.0 * (emb + 2 * block_params(cfg))
-    K = cfg.bp_max_steps if bp_steps is None else bp_steps
+    K = TrainConfig().final_bp_steps(cfg.arch) if bp_steps is None else bp_steps  # the paper's steady K
     layers_per_call = max(1, cfg.half_layers if cfg.arch in ("hrm", "trm", "rins") else cfg.n_layers)
     recorded_calls = _recorded_calls(cfg, K)
     acts = tokens_per_rank * recorded_calls * layers_per_call * activation_bytes_per_token_per_layer(cfg)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from hrm_text.config import ModelConfig, TrainConfig
+from hrm_text.config import TrainConfig
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -34,20 +34,22 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return base * (ratio + (1.0 - ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def bp_steps_at(step: int, total_steps: int, model_cfg: ModelConfig, full_from_start: bool = False) -> int:
-    """K, the number of stack calls recorded for autograd at `step`
+def bp_steps_at(step: int, total_steps: int, cfg: TrainConfig, arch: str) -> int:
+    """K, the number of stack calls recorded for autograd at `step` for a model of `arch`
     (docs/ARCHITECTURE.md#deep-credit-assignment):
 
         K = bp_min + int(progress * (bp_max - bp_min)),  progress = min(1, step / (ratio * total_steps))
 
-    `full_from_start` (SFT) gives bp_max from step 1. A zero warm-up ratio or an unknown/zero
+    `cfg.full_bp_from_start` (SFT) gives bp_max from step 1. A zero warm-up ratio or an unknown/zero
     `total_steps` means there is no warm-up to follow: K = bp_max. The baselines (transformer,
-    looped, rins) ignore K and use their fixed counts; the value is still well defined for them.
+    looped, rins) have no warm-up: their fixed counts (`TrainConfig.final_bp_steps`).
     """
-    lo, hi = int(model_cfg.bp_min_steps), int(model_cfg.bp_max_steps)
-    if full_from_start:
+    if arch not in ("hrm", "trm"):
+        return cfg.final_bp_steps(arch)
+    lo, hi = int(cfg.bp_min_steps), int(cfg.bp_max_steps)
+    if cfg.full_bp_from_start:
         return hi
-    denom = float(model_cfg.bp_warmup_ratio) * float(total_steps)
+    denom = float(cfg.bp_warmup_ratio) * float(total_steps)
     if denom <= 0.0:
         return hi
     progress = min(1.0, max(0.0, step / denom))
