@@ -25,9 +25,9 @@ def test_plan_uses_measured_figures_and_names_them():
     f8 = plan("XL", 60e9, 16, 2.0, gpu="H200", fp8=True)
     assert f8.throughput is FP8_THROUGHPUT_TABLE[("XL", "H200")] and "fp8" in f8.throughput.source
     # no FP8 measurement: the bf16 figure, and the source says so
-    other = throughput_for("XL", "H100", fp8=True)
+    other = throughput_for("L", "H100", fp8=True)
     assert "no FP8 measurement" in other.source
-    assert other.tokens_per_s_per_gpu == throughput_for("XL", "H100").tokens_per_s_per_gpu
+    assert other.tokens_per_s_per_gpu == throughput_for("L", "H100").tokens_per_s_per_gpu
 
 
 def test_xl_reproduces_the_papers_run(monkeypatch):
