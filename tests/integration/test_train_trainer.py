@@ -277,3 +277,31 @@ def test_bar_advances_every_step(tiny_data, tmp_path, capsys):
     train(_cfg(tiny_data, tmp_path, 3, **{"train.log_every": 100}), resume=None, progress=True)
     err = capsys.readouterr().err
     assert "1/3" in err and "2/3" in err and "tok/s" in err and "ETA" in err
+
+
+def test_two_nodes_on_one_host_rendezvous_shard_and_checkpoint(tiny_data, tmp_path):
+    """Two "nodes" of one process each, started as a 2-node cluster starts them (one torchrun per
+    node, `--nnodes 2 --node_rank R`, rendezvous on loopback), with HSDP replicating across the
+    nodes: the losses equal 1 process with 2 micro-steps, and the 2-node checkpoint resumes on
+    1 process on the same trajectory."""
+    base = {"train.log_every": 1, "train.global_batch_tokens": 512, "train.ckpt_every": 0}
+    one, nodes = tmp_path / "one", tmp_path / "nodes"
+    _run([DRIVER, "0", "KILL", "--", *tiny_train_overrides(tiny_data, one, 4, **base)])
+    over = tiny_train_overrides(tiny_data, nodes, 2, **base, **{"train.fsdp_replicate": 2})
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+             "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", "29523",
+             DRIVER, "0", "KILL", "--", *over],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        for rank in (0, 1)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
+    assert (nodes / "step_000002" / "COMPLETE").is_file()
+    _run([DRIVER, "0", "KILL", "--", *tiny_train_overrides(tiny_data, nodes, 4, **base)])  # resumes at step 2
+    l1, ln = _losses(one), _losses(nodes)
+    assert sorted(l1) == sorted(ln) == [1, 2, 3, 4]
+    for s in l1:
+        assert abs(l1[s] - ln[s]) <= 1e-4 * abs(l1[s]), (s, l1[s], ln[s])
