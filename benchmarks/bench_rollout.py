@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = model.cfg
     results["ours"] = bench_ours(model, prompts, args.group, args.new_tokens, dev, args.lora_rank)
     print(f"ours: {json.dumps(results['ours'])}", flush=True)
+    _write(args.out, results, time.time() - t0)  # kept if transformers' run is cut short
     if not args.no_hf:
         import transformers
 
@@ -114,11 +115,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["hf"] = bench_hf(hf, prompts, args.group, args.new_tokens, dev)
         results["speedup"] = results["ours"]["completions_per_s"] / results["hf"]["completions_per_s"]
         print(f"hf: {json.dumps(results['hf'])}  speedup {results['speedup']:.1f}x", flush=True)
-    results["wall_s"] = time.time() - t0
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    _write(args.out, results, time.time() - t0)
     return results
+
+
+def _write(out: str | None, results: dict[str, Any], wall_s: float) -> None:
+    results["wall_s"] = wall_s
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,12 @@ the seed (each chunk of work has its own seed, so the result does not depend on 
   format of the larger sizes) it stays under 10% in the same budget.
   Every problem is assigned to train or held-out by a hash of its text (2% held out), so the
   same-distribution held-out set contains only problems the train file never has. A second held-out
-  set uses longer operands (length generalisation). Larger sizes use more digits.
+  set uses longer operands (length generalisation). Larger sizes use more digits. A third,
+  `arith_carry`, holds the hardest sums of the training lengths: additions of up-to-d-digit operands
+  (d = the widest training operand) in which every one of the d columns carries, so one carry
+  runs from the units into the new leading digit (`478+596=1074`). Its GRPO prompt file `rl/arith_carry.jsonl`
+  draws the same kind of problem from the train partition, so RL prompts and held-out rows never
+  meet (docs/POST_TRAINING.md).
 * DeepMind mathematics (PyPI `mathematics-dataset` 1.0.1). Train modules are per-module train
   files; the package's `interpolate` and `extrapolate` regimes are held out. The package predates
   numpy 2 and current sympy; `_dm_init` installs shims (see docs/DATA.md): the sympy diophantine
@@ -30,6 +35,9 @@ Layout (see `builtin_heldout_files`):
     OUT/train/sudoku.jsonl
     OUT/heldout/arith_test.jsonl            same distribution as train, unseen problems
     OUT/heldout/arith_long.jsonl            longer operands
+    OUT/heldout/arith_carry.jsonl           additions whose carry crosses every column (hardest in-format sums)
+    OUT/rl/arith_carry.jsonl                the same kind of problem from the train partition: GRPO prompts
+                                            (outside train/, so tokenize/SFT never read it)
     OUT/heldout/dm_math_interpolate.jsonl   all modules, with a "module" field
     OUT/heldout/dm_math_extrapolate.jsonl
     OUT/heldout/sudoku_hard.jsonl
@@ -68,6 +76,9 @@ class BuiltinSize:
     # zero-pad operands to the widest operand and the answer to one digit more (`045+123=` -> `0168`):
     # every digit then sits at a fixed offset, which a small model learns from far fewer examples
     arith_pad: bool = False
+    # `arith_carry`: held-out rows / GRPO prompt rows (the train partition) of full-carry additions
+    arith_carry: int = 1_000
+    arith_carry_rl: int = 5_000
     # optional part `nl_docs` (natural language, see nl_docs.py): at most this many pairs per side
     nl_train: int = 5_000
     nl_test: int = 500
@@ -115,6 +126,48 @@ def _arith_problem(rng: random.Random, digits: tuple[int, int], pad: bool = Fals
         return f"{a}{op}{b}=", str(c)
     w = digits[1]
     return f"{a:0{w}d}{op}{b:0{w}d}=", f"{c:0{w + 1}d}"
+
+
+def carry_columns(a: int, b: int) -> int:
+    """Number of columns of a + b that produce a carry (counted from the units digit)."""
+    n = c = 0
+    while a or b or c:
+        c = 1 if a % 10 + b % 10 + c >= 10 else 0
+        n += c
+        a, b = a // 10, b // 10
+    return n
+
+
+_CARRY_PAIRS = {carry_in: [(x, y) for x in range(10) for y in range(10) if x + y + carry_in >= 10] for carry_in in (0, 1)}
+
+
+def _arith_carry_problem(rng: random.Random, digits: int, pad: bool = False) -> tuple[str, str]:
+    """a + b with operands below 10**digits in which every one of the `digits` columns carries: the
+    column's digit pair is uniform among the pairs that carry (given the carry coming in), so the
+    carry runs from the units digit into a new leading 1."""
+    a = b = 0
+    for i in range(digits):
+        x, y = rng.choice(_CARRY_PAIRS[1 if i else 0])  # above the units, the carry from below adds 1
+        a, b = a + x * 10**i, b + y * 10**i
+    if not pad:
+        return f"{a}+{b}=", str(a + b)
+    return f"{a:0{digits}d}+{b:0{digits}d}=", f"{a + b:0{digits + 1}d}"
+
+
+def _arith_carry_rows(seed: int, heldout: bool, n: int, digits: int, pad: bool) -> list[dict[str, str]]:
+    """`n` distinct full-carry additions from the held-out (or the train) partition of the hash split."""
+    rng = random.Random(seed)
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
+    tries = 0
+    while len(rows) < n and tries < 200 * n + 100_000:  # a tiny space (1-digit sizes) may hold fewer than n
+        tries += 1
+        q, a = _arith_carry_problem(rng, digits, pad)
+        if _is_heldout_problem(q) != heldout or q in seen:
+            continue
+        seen.add(q)
+        rows.append({"condition": "direct", "instruction": q, "response": a})
+    return rows
 
 
 def _is_heldout_problem(text: str) -> bool:
@@ -434,6 +487,13 @@ def _generate(out: Path, S: BuiltinSize, seed: int, parts: tuple[str, ...], mani
         )
         manifest["files"]["heldout/arith_long.jsonl"] = _write_jsonl(
             out / "heldout/arith_long.jsonl", _arith_chunk((_seed(seed, "arith", "long"), "long", S.arith_long, S.arith_long_digits, S.arith_pad))
+        )
+        d = S.arith_digits[1]
+        manifest["files"]["heldout/arith_carry.jsonl"] = _write_jsonl(
+            out / "heldout/arith_carry.jsonl", _arith_carry_rows(_seed(seed, "arith", "carry", "test"), True, S.arith_carry, d, S.arith_pad)
+        )
+        manifest["files"]["rl/arith_carry.jsonl"] = _write_jsonl(
+            out / "rl/arith_carry.jsonl", _arith_carry_rows(_seed(seed, "arith", "carry", "rl"), False, S.arith_carry_rl, d, S.arith_pad)
         )
     if "sudoku" in parts:
         hard = list(flat(run(_sudoku_chunk, [(10**9 + _seed(seed, "sudoku_hard") % 10**8 + i * CHUNK, "hard", n) for i, n in enumerate(_chunks(S.sudoku_hard, 25))], "sudoku_hard")))

@@ -23,6 +23,24 @@ def exact_reward(completion: str, row: dict[str, Any]) -> float:
     return scoring.score_exact(completion, str(row.get("response", "")))
 
 
+def digits_reward(completion: str, row: dict[str, Any]) -> float:
+    """Built-in arithmetic with partial credit: the fraction of the reference's characters that the
+    answer has at the same place counted from the units digit (right-aligned), divided by the
+    longer of the two lengths, so a missing or an extra character costs one place. 1.0 only for an
+    exact match (then `pass_rate` still reports exact-match); a wrong answer scores at most
+    (n-1)/n. Gives a learning signal where every sampled answer misses exact-match, e.g. sums one
+    digit longer than the training ones, where exact-match rewards are all 0 and every group has
+    zero variance."""
+    got, ref = completion.strip(), str(row.get("response", "")).strip()
+    if got == ref:
+        return 1.0
+    n = max(len(got), len(ref))
+    if n == 0:
+        return 0.0
+    same = sum(a == b for a, b in zip(reversed(got), reversed(ref)))
+    return same / n  # < 1: equal strings of equal length returned above
+
+
 def dm_math_reward(completion: str, row: dict[str, Any]) -> float:
     """DeepMind mathematics: exact match, else MATH-style normalised equality (`0.5` == `.5`)."""
     ref = str(row.get("response", ""))
@@ -43,6 +61,7 @@ def boxed_math_reward(completion: str, row: dict[str, Any]) -> float:
 
 BUILTIN: dict[str, RewardFn] = {
     "exact": exact_reward,
+    "digits": digits_reward,
     "dm_math": dm_math_reward,
     "sudoku": sudoku_reward,
     "boxed_math": boxed_math_reward,
