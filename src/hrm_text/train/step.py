@@ -23,6 +23,7 @@ import torch
 
 from hrm_text.config import ConfigError, TrainConfig
 from hrm_text.data.batch import PackedBatch
+from hrm_text.model.attention import fa3_available, varlen_available
 from hrm_text.model.lm import HRMTextLM, LossOutput
 from hrm_text.train.fp8 import convert_to_float8
 
@@ -58,6 +59,11 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
         raise ConfigError(f"train.activation_memory_budget must be in (0, 1] (got {t.activation_memory_budget})")
     if t.recompute_calls < 0:
         raise ConfigError(f"train.recompute_calls must be >= 0 (got {t.recompute_calls})")
+    # kernels that need a particular GPU: refuse before any work, not at the first batch
+    if t.attn_backend == "varlen" and not (device.type == "cuda" and varlen_available()):
+        raise ConfigError("train.attn_backend=varlen needs a CUDA GPU (sm80+) and torch >= 2.9; use auto, flex or sdpa")
+    if t.attn_backend == "fa3" and not (device.type == "cuda" and fa3_available()):
+        raise ConfigError("train.attn_backend=fa3 needs an sm90 GPU and the flash_attn_interface (FlashAttention 3) module; use auto or flex")
     if t.fp8:
         n = apply_fp8(model, t.fp8_recipe)
         log.info("float8 training (recipe %s) on %d block projections", t.fp8_recipe, n)

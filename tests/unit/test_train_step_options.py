@@ -1,0 +1,30 @@
+"""The step's speed options refuse, before any work and with the setting's name, what this
+machine cannot run (CPU here: no float8 GEMMs for training, no varlen or FA3 kernels)."""
+
+import pytest
+import torch
+
+from hrm_text.config import ConfigError, TrainConfig, model_config
+from hrm_text.model.lm import HRMTextLM
+from hrm_text.train.step import apply_fp8, prepare_model
+
+
+def _model() -> HRMTextLM:
+    return HRMTextLM(model_config("tiny", vocab_size=512))
+
+
+@pytest.mark.parametrize("backend", ["varlen", "fa3"])
+def test_gpu_only_attention_backends_are_refused_on_cpu(backend):
+    with pytest.raises(ConfigError, match=f"train.attn_backend={backend}"):
+        prepare_model(_model(), TrainConfig(attn_backend=backend), torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without float8 GEMMs")
+def test_fp8_is_refused_without_a_float8_gpu():
+    with pytest.raises(ConfigError, match="train.fp8=true needs a GPU"):
+        prepare_model(_model(), TrainConfig(fp8=True), torch.device("cpu"))
+
+
+def test_unknown_fp8_recipe_is_refused_by_name():
+    with pytest.raises(ConfigError, match="fp8_recipe='bogus'"):
+        apply_fp8(_model(), "bogus")
