@@ -98,3 +98,21 @@ def test_float8_model_step_stays_close_to_the_plain_step():
     num = sum(float((a - b).norm() ** 2) for a, b in zip(g0, g1)) ** 0.5
     den = sum(float(a.norm() ** 2) for a in g0) ** 0.5
     assert 0 < num / den < 0.15, num / den  # differs (float8 ran) but only by float8 rounding
+
+
+def test_lora_adapters_stay_plain_and_the_frozen_base_gets_no_weight_gradient():
+    pytest.importorskip("peft")
+    from hrm_text.config import LoraConfig
+    from hrm_text.model.lora import apply_lora
+
+    model = HRMTextLM(model_config("tiny", vocab_size=512, hidden_size=128, num_heads=2, head_dim=64))
+    apply_lora(model, LoraConfig(rank=16, alpha=32))
+    n = convert_to_float8(model)
+    assert n == 4 * len(model.blocks())  # the four base projections of every block
+    kinds = {type(m).__name__ for name, m in model.named_modules() if ".lora_" in name and isinstance(m, nn.Linear)}
+    assert kinds == {"Linear"}
+    base = next(m for m in model.modules() if isinstance(m, Float8Linear))
+    assert not base.weight.requires_grad
+    x = torch.randn(32, base.in_features, requires_grad=True)
+    base(x).float().sum().backward()
+    assert x.grad is not None and base.weight.grad is None

@@ -46,13 +46,16 @@ class _Float8Matmul(torch.autograd.Function):
         return torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws.t(), out_dtype=torch.bfloat16, use_fast_accum=True)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, gy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, gy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # type: ignore[override]
         xb, w = ctx.saved_tensors  # type: ignore[attr-defined]
         gy = gy.to(torch.bfloat16).contiguous()
         gq, gs = quantize_rows(gy)
         wtq, wts = quantize_rows(w.t().contiguous())  # [K, N] row-major, one scale per input feature
-        dx = torch._scaled_mm(gq, wtq.t(), scale_a=gs, scale_b=wts.t(), out_dtype=torch.bfloat16)
-        dw = (gy.t() @ xb).to(w.dtype)
+        dx = dw = None
+        if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            dx = torch._scaled_mm(gq, wtq.t(), scale_a=gs, scale_b=wts.t(), out_dtype=torch.bfloat16)
+        if ctx.needs_input_grad[1]:  # type: ignore[attr-defined]  # a frozen base weight (LoRA) needs none
+            dw = (gy.t() @ xb).to(w.dtype)
         return dx, dw
 
 
@@ -74,11 +77,15 @@ class Float8Linear(nn.Linear):
 
 
 def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> int:
-    """Turn every bias-free `nn.Linear` except those named in `skip` into a `Float8Linear` in
-    place (the class changes, the parameters stay); returns how many."""
+    """Turn every bias-free `nn.Linear` except those named in `skip` and LoRA's low-rank adapters
+    (too narrow to gain) into a `Float8Linear` in place (the class changes, the parameters stay);
+    returns how many."""
     n = 0
     for name, mod in model.named_modules():
-        if type(mod) is nn.Linear and mod.bias is None and name.split(".")[-1] not in skip:
+        parts = name.split(".")
+        if any(p.startswith("lora_") for p in parts):
+            continue
+        if type(mod) is nn.Linear and mod.bias is None and parts[-1] not in skip:
             mod.__class__ = Float8Linear
             n += 1
     return n
