@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from collections import deque
@@ -31,6 +30,7 @@ import torch
 from hrm_text.config import InferConfig
 from hrm_text.infer.decode_attention import fused_decode_available
 from hrm_text.infer.decode_block import BlockFn, CompiledDecodeBlock, decode_hidden, eager_block
+from hrm_text.infer.sampling import draw_uniforms, sample
 from hrm_text.model.attention import AttnMask
 from hrm_text.model.lm import HRMTextLM
 from hrm_text.model.lora import has_lora
@@ -229,24 +229,6 @@ class Engine:
         assert self._logits is not None
         return self._logits
 
-    # ------------------------------------------------------------------ sampling
-    def _sample(self, logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
-        logits = logits[: self.vocab]
-        if params.temperature == 0:
-            return int(logits.argmax())
-        logits = logits / params.temperature
-        if params.top_k > 0:
-            k = min(params.top_k, logits.numel())
-            kth = torch.topk(logits, k).values[-1]
-            logits = logits.masked_fill(logits < kth, -math.inf)
-        probs = torch.softmax(logits, -1)
-        if params.top_p < 1.0:
-            sp, si = torch.sort(probs, descending=True)
-            keep = sp.cumsum(0) - sp < params.top_p  # always keeps the most likely token
-            sp = sp * keep
-            probs = torch.zeros_like(probs).scatter_(0, si, sp)
-        return int(torch.multinomial(probs.cpu(), 1, generator=gen))
-
     # ------------------------------------------------------------------ main loop
     def generate(self, requests: Sequence[Request]) -> list[Result]:
         """Run all requests to completion with continuous batching; results in request order."""
@@ -378,15 +360,18 @@ class Engine:
         return torch.Generator().manual_seed(int(seed))
 
     def _sample_rows(self, logits: torch.Tensor, reqs: list[Request], gens: list[torch.Generator | None]) -> list[int]:
-        """Greedy rows in one argmax and one device->host copy; sampled rows one by one."""
-        greedy_toks = logits[:, : self.vocab].argmax(-1).tolist()
-        out = []
-        for j, req in enumerate(reqs):
-            if req.params.temperature == 0:
-                out.append(greedy_toks[j])
-            else:
-                out.append(self._sample(logits[j], req.params, gens[j]))
-        return out
+        """Next token of every row: greedy rows by argmax, sampled rows in one batched draw
+        (infer/sampling.py), then one device-to-host copy for all of them."""
+        lg = logits[:, : self.vocab]
+        toks = lg.argmax(-1)
+        samp = [j for j, req in enumerate(reqs) if req.params.temperature > 0]
+        if samp:
+            idx = torch.tensor(samp, device=lg.device)
+            ps = [reqs[j].params for j in samp]
+            drawn = sample(lg.index_select(0, idx), [q.temperature for q in ps], [q.top_k for q in ps],
+                           [q.top_p for q in ps], draw_uniforms([gens[j] for j in samp], lg.device))
+            toks = toks.index_copy(0, idx, drawn)
+        return toks.tolist()
 
     def _check(self, r: Request) -> None:
         r.params.validate()
