@@ -202,6 +202,9 @@ class TrainConfig:
     # FSDP2: free a block's gathered weights after each call (True) or keep them until backward
     # (False: fewer all-gathers, since HRM calls each block several times per step; more memory)
     fsdp_reshard_after_forward: bool = True
+    # keep every block's gathered weights for the whole optimizer step: one all-gather per block per
+    # step instead of one per call (HRM calls blocks 2-6 times); costs one unsharded bf16 copy
+    fsdp_keep_gathered: bool = False
     # HSDP: split the processes into this many replica groups; parameters are sharded within a
     # group and replicated across groups (e.g. 2 for two nodes of 8 GPUs). 1 = plain FSDP2.
     fsdp_replicate: int = 1

@@ -305,3 +305,28 @@ def test_two_nodes_on_one_host_rendezvous_shard_and_checkpoint(tiny_data, tmp_pa
     assert sorted(l1) == sorted(ln) == [1, 2, 3, 4]
     for s in l1:
         assert abs(l1[s] - ln[s]) <= 1e-4 * abs(l1[s]), (s, l1[s], ln[s])
+
+
+def test_keep_gathered_two_processes_match_one_with_one_all_gather_per_block(tiny_data, tmp_path):
+    """train.fsdp_keep_gathered: the weights stay gathered for the whole step and are resharded
+    before each optimizer step, so later steps see the updated weights: 2 processes still give the
+    losses of 1 process, over several steps. And each block is all-gathered once per step (it is
+    gathered at every call and again in backward without the option)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    base = {"train.log_every": 1, "train.ckpt_every": 0}
+    _run([DRIVER, "0", "KILL", "--", *tiny_train_overrides(tiny_data, one, 4, **base)])
+    _run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29527", DRIVER, "0", "KILL", "--",
+          *tiny_train_overrides(tiny_data, two, 4, **base, **{"train.fsdp_keep_gathered": True})])
+    l1, l2 = _losses(one), _losses(two)
+    assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
+    for s in l1:
+        assert abs(l1[s] - l2[s]) <= 1e-4 * abs(l1[s]), (s, l1[s], l2[s])
+    script = str(Path(__file__).resolve().parents[2] / "benchmarks" / "fsdp_collectives.py")
+    counts = {}
+    for flag in ([], ["--keep-gathered"]):
+        out = tmp_path / f"c{len(flag)}.json"
+        _run([script, *flag, "--port", str(29531 + len(flag)), "--out", str(out)])
+        ev = json.loads(out.read_text())["fsdp_events_per_step"]
+        counts[bool(flag)] = {k: v for k, v in ev.items() if k.startswith("FSDP::all_gather (model.")}
+    assert counts[True] and set(counts[True].values()) == {1}
+    assert all(v > 1 for v in counts[False].values())

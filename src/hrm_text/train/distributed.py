@@ -108,6 +108,7 @@ def apply_fsdp2(
     sum_gradients: bool = True,
     forward_methods: Sequence[str] = ("loss",),
     replicate: int = 1,
+    keep_gathered: bool = False,
 ) -> nn.Module:
     """Shard `model` with FSDP2: `fully_shard` on each block, then on the root.
 
@@ -131,13 +132,17 @@ def apply_fsdp2(
     `replicate` > 1 is HSDP: a 2-D device mesh (replicate x shard) with parameters sharded within
     each group of world/replicate ranks and replicated across the groups (gradients are
     reduce-scattered within a group, then all-reduced across groups).
+    `keep_gathered=True` keeps every unit's gathered weights from its first all-gather until the
+    caller's `reshard_all(model)` (once per optimizer step, before `opt.step()`): one all-gather
+    per block per step instead of one per call and one per recorded call in backward (counted by
+    benchmarks/fsdp_collectives.py), for the memory of one unsharded compute copy of the model.
     Returns the same module object (fully_shard works in place).
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     if not is_initialized():
         raise RuntimeError("apply_fsdp2 needs a process group: launch with torchrun (init_distributed)")
-    kwargs: dict = {"reshard_after_forward": reshard_after_forward}
+    kwargs: dict = {"reshard_after_forward": reshard_after_forward and not keep_gathered}
     world = dist.get_world_size()
     if replicate < 1 or world % replicate:
         raise ValueError(f"train.fsdp_replicate={replicate} must divide the {world} processes")
@@ -156,6 +161,8 @@ def apply_fsdp2(
     fully_shard(model, **{**kwargs, "reshard_after_forward": False})
     units = [*blocks, model]
     for unit in units:
+        if keep_gathered:  # later calls' backward find the weights still gathered
+            unit.set_reshard_after_backward(False)  # type: ignore[operator]  # FSDPModule method
         # Plain SUM collectives: gloo has neither AVG nor PREMUL_SUM, and NCCL's zero-copy path wants
         # SUM too. With divide factor 1 no scaling kernel runs at all; otherwise FSDP divides after.
         unit.set_force_sum_reduction_for_comms(True)  # type: ignore[operator]  # FSDPModule method
@@ -165,3 +172,13 @@ def apply_fsdp2(
         if callable(getattr(model, name, None)):
             register_fsdp_forward_method(model, name)
     return model
+
+
+def reshard_all(model: nn.Module) -> None:
+    """Free every FSDP unit's gathered weights (with `keep_gathered`: before each optimizer step,
+    so the next forward gathers the updated ones)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()

@@ -31,7 +31,7 @@ from hrm_text.model.lm import HRMTextLM
 from hrm_text.model.lora import apply_lora
 from hrm_text.train.batching import BatchLayout, apply_device_defaults, batch_layout, resume_mismatch_message
 from hrm_text.train.distributed import (DistInfo, all_reduce_sum, apply_fsdp2, barrier, cleanup, get_world_size,
-                                        init_distributed, is_initialized)
+                                        init_distributed, is_initialized, reshard_all)
 from hrm_text.train.metrics import MetricsLogger, device_peak_flops
 from hrm_text.train.optim import AdamAtan2, ModelEMA
 from hrm_text.train.schedule import bp_steps_at, lr_at
@@ -300,7 +300,8 @@ def _setup(cfg: Config, dist: DistInfo, data: SampledData, tok: TextTokenizer, r
     use_bf16 = t.dtype == "bf16" and device.type == "cuda"
     if dist.world_size > 1:
         apply_fsdp2(model, model.blocks(), mp_dtype=torch.bfloat16 if use_bf16 else None,
-                    reshard_after_forward=t.fsdp_reshard_after_forward, replicate=t.fsdp_replicate)
+                    reshard_after_forward=t.fsdp_reshard_after_forward, replicate=t.fsdp_replicate,
+                    keep_gathered=t.fsdp_keep_gathered)
     prepare_model(model, t, device)
     opt = AdamAtan2([p for p in model.parameters() if p.requires_grad], lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
     ema = ModelEMA(model, decay=t.ema_decay, warmup=t.ema_warmup)
@@ -378,6 +379,8 @@ def _loop(
             out = forward_backward(model, b, K, denom, run.use_bf16, t.recompute_calls)
             loss_acc += out.loss_sum
             correct_acc += out.num_correct.float()
+        if dist.world_size > 1 and t.fsdp_keep_gathered:  # the next forward must gather the updated weights
+            reshard_all(model)
         if stop.agreed:  # drop the partial step (gradients; its batches via data_state)
             opt.zero_grad(set_to_none=True)
             break
