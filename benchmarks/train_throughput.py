@@ -10,7 +10,8 @@ with CUDA events, reads peak memory, and profiles two steps to split the time by
         --baseline-commit 3d5ee6a --variant new --variant fp8:fp8=true --out $OUT
 
     --variant NAME[:key=value,...]   train.* settings of this tree (fp8, activation_memory_budget,
-                                     recompute_calls, compile, attn_backend); repeatable; "new" = defaults
+                                     recompute_calls, compile, attn_backend, fsdp_keep_gathered);
+                                     repeatable; "new" = defaults
     --baseline-commit REV            the previous release from a `git worktree` (needs git), or
     --baseline-src PATH              its `src` folder copied beforehand (the device machine has no .git)
 
@@ -175,8 +176,9 @@ def worker(args: argparse.Namespace) -> None:
     if world > 1:  # the trainer's FSDP2 wrapping (bf16 compute, fp32 master), before compile
         from hrm_text.train.distributed import apply_fsdp2
 
+        keep = {"keep_gathered": True} if getattr(cfg.train, "fsdp_keep_gathered", False) else {}
         apply_fsdp2(model, model.blocks(), mp_dtype=torch.bfloat16 if dev.type == "cuda" else None,
-                    reshard_after_forward=cfg.train.fsdp_reshard_after_forward)
+                    reshard_after_forward=cfg.train.fsdp_reshard_after_forward, **keep)
     if step_mod is not None:
         step_mod.prepare_model(model, cfg.train, dev)
     elif cfg.train.compile:
@@ -213,6 +215,10 @@ def worker(args: argparse.Namespace) -> None:
                     out = model.loss(b, bp_steps=K)
                 (out.loss_sum / n_loss).backward()
                 loss = out.loss_sum.detach()
+            if world > 1 and getattr(cfg.train, "fsdp_keep_gathered", False):  # as the trainer does
+                from hrm_text.train.distributed import reshard_all
+
+                reshard_all(model)
             with torch.profiler.record_function("hrm::optimizer"):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
