@@ -79,13 +79,17 @@ def test_damaged_newest_checkpoint_is_skipped(uninterrupted, tiny_data, tmp_path
     assert _losses(tmp_path) == uninterrupted
 
 
-def test_two_processes_match_one(tiny_data, tmp_path):
+@pytest.mark.parametrize("keep_gathered", [False, True])
+def test_two_processes_match_one(keep_gathered, tiny_data, tmp_path):
+    """2 FSDP2 processes give the losses of 1 process. With train.fsdp_keep_gathered the weights stay
+    gathered for the whole step and are resharded before each optimizer step, so later steps must
+    still see the updated weights."""
     one = tmp_path / "one"
     two = tmp_path / "two"
     base = {"train.log_every": 1, "train.ckpt_every": 0}
     _run([DRIVER, "0", "KILL", "--", *tiny_train_overrides(tiny_data, one, 4, **base)])
-    _run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", DRIVER, "0", "KILL", "--",
-          *tiny_train_overrides(tiny_data, two, 4, **base)])
+    _run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29517 + keep_gathered), DRIVER,
+          "0", "KILL", "--", *tiny_train_overrides(tiny_data, two, 4, **base, **{"train.fsdp_keep_gathered": keep_gathered})])
     l1, l2 = _losses(one), _losses(two)
     assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
     for s in l1:
@@ -307,20 +311,9 @@ def test_two_nodes_on_one_host_rendezvous_shard_and_checkpoint(tiny_data, tmp_pa
         assert abs(l1[s] - ln[s]) <= 1e-4 * abs(l1[s]), (s, l1[s], ln[s])
 
 
-def test_keep_gathered_two_processes_match_one_with_one_all_gather_per_block(tiny_data, tmp_path):
-    """train.fsdp_keep_gathered: the weights stay gathered for the whole step and are resharded
-    before each optimizer step, so later steps see the updated weights: 2 processes still give the
-    losses of 1 process, over several steps. And each block is all-gathered once per step (it is
-    gathered at every call and again in backward without the option)."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    base = {"train.log_every": 1, "train.ckpt_every": 0}
-    _run([DRIVER, "0", "KILL", "--", *tiny_train_overrides(tiny_data, one, 4, **base)])
-    _run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29527", DRIVER, "0", "KILL", "--",
-          *tiny_train_overrides(tiny_data, two, 4, **base, **{"train.fsdp_keep_gathered": True})])
-    l1, l2 = _losses(one), _losses(two)
-    assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
-    for s in l1:
-        assert abs(l1[s] - l2[s]) <= 1e-4 * abs(l1[s]), (s, l1[s], l2[s])
+def test_keep_gathered_all_gathers_each_block_once_per_step(tmp_path):
+    """Without train.fsdp_keep_gathered a block is all-gathered at every call and again between
+    the recorded calls' backwards; with it, once per step (benchmarks/fsdp_collectives.py)."""
     script = str(Path(__file__).resolve().parents[2] / "benchmarks" / "fsdp_collectives.py")
     counts = {}
     for flag in ([], ["--keep-gathered"]):
