@@ -22,15 +22,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
 
-
-def read_losses(run: Path) -> dict[int, float]:
-    out = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "train/loss" in rec:
-            out[int(rec["step"])] = float(rec["train/loss"])
-    return out
+from hrm_text.eval.study import read_metrics  # noqa: E402  (the trainer's metrics.jsonl, one reader)
 
 
 def main() -> None:
@@ -69,7 +63,7 @@ def main() -> None:
             report[f"{name}_error"] = p.stderr[-3000:]
             print(p.stderr[-3000:], file=sys.stderr)
             continue
-        curves[name] = read_losses(run)
+        curves[name] = {step: loss for step, _flops, loss in read_metrics(run)["curve"]}
     if len(curves) == 2:
         steps = sorted(s for s in curves["bf16"] if s in curves["fp8"] and s > args.skip)
         rel = [abs(curves["fp8"][s] - curves["bf16"][s]) / curves["bf16"][s] for s in steps]

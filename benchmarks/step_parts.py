@@ -34,7 +34,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from train_throughput import make_rows  # noqa: E402  (the same rows as the throughput benchmark)
+from cuda_timing import timed_steps  # noqa: E402
+from train_throughput import make_rows, matmul_rate  # noqa: E402  (the same rows and matmul rate as the throughput benchmark)
 
 from hrm_text.model.attention import attention, build_prefix_lm_mask  # noqa: E402
 from hrm_text.model.layers import Block, RotaryEmbedding  # noqa: E402
@@ -43,21 +44,10 @@ H, D, HIDDEN, INTER = 12, 128, 1536, 4096
 NOGRAD_CALLS, RECORDED_CALLS, LAYERS_PER_CALL = 3, 5, 16
 
 
-def timed(fn: Callable[[], Any], reps: int, warmup: int = 2) -> float:
-    """Median milliseconds of fn() with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
+def timed(fn: Callable[[], Any], reps: int) -> float:
+    """Median milliseconds of fn() with CUDA events, after two warm-up calls (cuda_timing.py)."""
+    _, times, _ = timed_steps(lambda _i: fn(), reps)
+    return sorted(times)[len(times) // 2] * 1e3
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -114,7 +104,7 @@ def section_attention(rows: dict[str, torch.Tensor], reps: int) -> list[dict[str
             t0 = time.time()
             masks = [build_prefix_lm_mask(docs[i], pres[i], backend) for i in range(nrows)]
             torch.cuda.synchronize()
-            res["mask_build_ms"] = timed(lambda: build_prefix_lm_mask(docs[0], pres[0], backend), 5, 1)
+            res["mask_build_ms"] = timed(lambda: build_prefix_lm_mask(docs[0], pres[0], backend), 5)
             errs = []
             for i in range(nrows):
                 q, k, v = (t.detach().requires_grad_() for t in qkv[i])
@@ -247,14 +237,6 @@ def section_block(rows: dict[str, torch.Tensor], reps: int, all_variants: bool =
     return results
 
 
-def section_matmul() -> dict[str, Any]:
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    ms = timed(lambda: a @ b, 20, 3)
-    return {"bf16_matmul_tflops": 2 * n**3 / ms / 1e9}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=12288)
@@ -275,7 +257,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     if "matmul" in only:
-        report["matmul"] = section_matmul()
+        report["matmul"] = {"bf16_matmul_tflops": matmul_rate() / 1e12}
         print(json.dumps(report["matmul"]), flush=True)
     if "attention" in only:
         report["attention"] = section_attention(rows, args.reps)

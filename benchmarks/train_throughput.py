@@ -173,12 +173,14 @@ def worker(args: argparse.Namespace) -> None:
         model = HRMTextLM(mcfg)
     if hasattr(model, "set_attn_backend"):  # a run-time choice since the config split (train.attn_backend)
         model.set_attn_backend(getattr(cfg.train, "attn_backend", "auto"))
+    keep = world > 1 and getattr(cfg.train, "fsdp_keep_gathered", False)  # absent in older releases
     if world > 1:  # the trainer's FSDP2 wrapping (bf16 compute, fp32 master), before compile
         from hrm_text.train.distributed import apply_fsdp2
 
-        keep = {"keep_gathered": True} if getattr(cfg.train, "fsdp_keep_gathered", False) else {}
+        if keep:  # this tree only
+            from hrm_text.train.distributed import reshard_all
         apply_fsdp2(model, model.blocks(), mp_dtype=torch.bfloat16 if dev.type == "cuda" else None,
-                    reshard_after_forward=cfg.train.fsdp_reshard_after_forward, **keep)
+                    reshard_after_forward=cfg.train.fsdp_reshard_after_forward, **({"keep_gathered": True} if keep else {}))
     if step_mod is not None:
         step_mod.prepare_model(model, cfg.train, dev)
     elif cfg.train.compile:
@@ -215,9 +217,7 @@ def worker(args: argparse.Namespace) -> None:
                     out = model.loss(b, bp_steps=K)
                 (out.loss_sum / n_loss).backward()
                 loss = out.loss_sum.detach()
-            if world > 1 and getattr(cfg.train, "fsdp_keep_gathered", False):  # as the trainer does
-                from hrm_text.train.distributed import reshard_all
-
+            if keep:  # as the trainer does: the next forward gathers the updated weights
                 reshard_all(model)
             with torch.profiler.record_function("hrm::optimizer"):
                 opt.step()

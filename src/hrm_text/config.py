@@ -24,6 +24,7 @@ class ConfigError(ValueError):
 
 ARCHS = ("hrm", "transformer", "looped", "trm", "rins")
 ATTN_BACKENDS = ("auto", "sdpa", "flex", "varlen", "fa3")
+FP8_RECIPES = ("fused", "rowwise", "tensorwise", "rowwise_with_gw_hp")  # train.fp8_recipe (train/step.py)
 
 
 @dataclass

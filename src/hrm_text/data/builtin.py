@@ -128,16 +128,6 @@ def _arith_problem(rng: random.Random, digits: tuple[int, int], pad: bool = Fals
     return f"{a:0{w}d}{op}{b:0{w}d}=", f"{c:0{w + 1}d}"
 
 
-def carry_columns(a: int, b: int) -> int:
-    """Number of columns of a + b that produce a carry (counted from the units digit)."""
-    n = c = 0
-    while a or b or c:
-        c = 1 if a % 10 + b % 10 + c >= 10 else 0
-        n += c
-        a, b = a // 10, b // 10
-    return n
-
-
 _CARRY_PAIRS = {carry_in: [(x, y) for x in range(10) for y in range(10) if x + y + carry_in >= 10] for carry_in in (0, 1)}
 
 

@@ -32,11 +32,12 @@ def sample(
     """Tokens [n] (int64, on the logits' device). Temperatures must be > 0; top_k 0 = off;
     top_p in (0, 1]: the smallest set of most likely tokens whose probability reaches top_p (the
     most likely token always stays)."""
-    n, V = logits.shape
+    V = logits.shape[-1]
     dev = logits.device
-    t = torch.tensor(list(temperatures), device=dev, dtype=torch.float32)[:, None]
-    k = torch.tensor([kk if kk > 0 else V for kk in top_ks], device=dev)[:, None]
-    p = torch.tensor(list(top_ps), device=dev, dtype=torch.float32)[:, None]
+    # the per-row settings in one host-to-device copy: [n, 3] = temperature, top-k (V when off), top-p
+    rows = torch.tensor([[t, k if k > 0 else V, p] for t, k, p in zip(temperatures, top_ks, top_ps)], dtype=torch.float32)
+    t, k, p = rows.to(dev, non_blocking=True).unbind(-1)
+    t, k, p = t[:, None], k[:, None], p[:, None]
     sv, si = torch.sort(logits.float() / t, dim=-1, descending=True)
     rank = torch.arange(V, device=dev)[None, :]
     sv = sv.masked_fill(rank >= k, -torch.inf)  # top-k: keep the k most likely

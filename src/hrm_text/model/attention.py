@@ -62,7 +62,6 @@ class VarlenInfo:
     max_k: int
 
 
-
 def dense_prefix_lm_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> torch.Tensor:
     """Boolean [B, 1, T, T] mask, True where attention is allowed."""
     T = doc_ids.shape[-1]
@@ -95,14 +94,10 @@ def build_prefix_lm_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor, backend
         return AttnMask("sdpa", dense=dense_prefix_lm_mask(doc_ids, is_prefix))
     if backend == "flex":
         return AttnMask("flex", block_mask=_flex_block_mask(doc_ids, is_prefix))
-    if backend == "fa3":
-        if not fa3_available():
-            raise RuntimeError("attn_backend=fa3 needs an sm90 GPU and the flash_attn_interface (FA3) module")
-        return AttnMask("fa3", varlen=varlen_info(doc_ids, is_prefix))
-    if backend == "varlen":
-        if not varlen_available():
-            raise RuntimeError("attn_backend=varlen needs a CUDA GPU (sm80+) and torch.nn.attention.varlen (torch >= 2.9)")
-        return AttnMask("varlen", varlen=varlen_info(doc_ids, is_prefix))
+    if backend in ("fa3", "varlen"):
+        if (why := backend_unavailable(backend, doc_ids.device)) is not None:
+            raise RuntimeError(f"attn_backend={backend} {why}")
+        return AttnMask(backend, varlen=varlen_info(doc_ids, is_prefix))
     raise ValueError(f"unknown attention backend {backend!r}; choose auto, sdpa, flex, varlen or fa3")
 
 
@@ -255,6 +250,16 @@ def varlen_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def backend_unavailable(backend: str, device: torch.device) -> str | None:
+    """Why `backend` cannot run on `device` (None if it can): the one check behind the mask
+    builder's error and the trainer's start-up refusal."""
+    if backend == "varlen" and not (device.type == "cuda" and varlen_available()):
+        return "needs a CUDA GPU (sm80+) and torch.nn.attention.varlen (torch >= 2.9); use auto, flex or sdpa"
+    if backend == "fa3" and not (device.type == "cuda" and fa3_available()):
+        return "needs an sm90 GPU and the flash_attn_interface (FlashAttention 3) module; use auto or flex"
+    return None
 
 
 @torch.compiler.disable  # per-batch host ints and data-dependent sizes: runs eagerly between compiled pieces

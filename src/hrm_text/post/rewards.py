@@ -31,9 +31,9 @@ def digits_reward(completion: str, row: dict[str, Any]) -> float:
     (n-1)/n. Gives a learning signal where every sampled answer misses exact-match, e.g. sums one
     digit longer than the training ones, where exact-match rewards are all 0 and every group has
     zero variance."""
-    got, ref = completion.strip(), str(row.get("response", "")).strip()
-    if got == ref:
+    if exact_reward(completion, row) == 1.0:  # the same exact-match test as the `exact` reward
         return 1.0
+    got, ref = completion.strip(), str(row.get("response", "")).strip()
     n = max(len(got), len(ref))
     if n == 0:
         return 0.0

@@ -49,10 +49,10 @@ class _Float8Matmul(torch.autograd.Function):
     def backward(ctx: torch.autograd.function.FunctionCtx, gy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # type: ignore[override]
         xb, w = ctx.saved_tensors  # type: ignore[attr-defined]
         gy = gy.to(torch.bfloat16).contiguous()
-        gq, gs = quantize_rows(gy)
-        wtq, wts = quantize_rows(w.t().contiguous())  # [K, N] row-major, one scale per input feature
         dx = dw = None
         if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            gq, gs = quantize_rows(gy)
+            wtq, wts = quantize_rows(w.t().contiguous())  # [K, N] row-major, one scale per input feature
             dx = torch._scaled_mm(gq, wtq.t(), scale_a=gs, scale_b=wts.t(), out_dtype=torch.bfloat16)
         if ctx.needs_input_grad[1]:  # type: ignore[attr-defined]  # a frozen base weight (LoRA) needs none
             dw = (gy.t() @ xb).to(w.dtype)

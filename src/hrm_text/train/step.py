@@ -21,16 +21,13 @@ import logging
 
 import torch
 
-from hrm_text.config import ConfigError, TrainConfig
+from hrm_text.config import FP8_RECIPES, ConfigError, TrainConfig
 from hrm_text.data.batch import PackedBatch
-from hrm_text.model.attention import fa3_available, varlen_available
+from hrm_text.model.attention import backend_unavailable
 from hrm_text.model.lm import HRMTextLM, LossOutput
 from hrm_text.train.fp8 import convert_to_float8
 
 log = logging.getLogger(__name__)
-
-
-FP8_RECIPES = ("fused", "rowwise", "tensorwise", "rowwise_with_gw_hp")
 
 
 def apply_fp8(model: HRMTextLM, recipe: str = "fused") -> int:
@@ -60,10 +57,8 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
     if t.recompute_calls < 0:
         raise ConfigError(f"train.recompute_calls must be >= 0 (got {t.recompute_calls})")
     # kernels that need a particular GPU: refuse before any work, not at the first batch
-    if t.attn_backend == "varlen" and not (device.type == "cuda" and varlen_available()):
-        raise ConfigError("train.attn_backend=varlen needs a CUDA GPU (sm80+) and torch >= 2.9; use auto, flex or sdpa")
-    if t.attn_backend == "fa3" and not (device.type == "cuda" and fa3_available()):
-        raise ConfigError("train.attn_backend=fa3 needs an sm90 GPU and the flash_attn_interface (FlashAttention 3) module; use auto or flex")
+    if (why := backend_unavailable(t.attn_backend, device)) is not None:
+        raise ConfigError(f"train.attn_backend={t.attn_backend} {why}")
     if t.fp8:
         n = apply_fp8(model, t.fp8_recipe)
         log.info("float8 training (recipe %s) on %d block projections", t.fp8_recipe, n)
