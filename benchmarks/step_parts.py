@@ -94,6 +94,7 @@ def section_attention(rows: dict[str, torch.Tensor], reps: int) -> list[dict[str
         ("flex fwd 128x128 w8 s2 (TMA)", "flex", flex_with(
             {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 128, "fwd_num_warps": 8, "fwd_num_stages": 2, "USE_TMA": True})),
         ("varlen (torch FA2, two calls)", "varlen", attention),
+        ("cudnn (two ragged calls)", "cudnn", attention),
     ]
     results = []
     ref_out: list[torch.Tensor] = []
@@ -104,6 +105,15 @@ def section_attention(rows: dict[str, torch.Tensor], reps: int) -> list[dict[str
             t0 = time.time()
             masks = [build_prefix_lm_mask(docs[i], pres[i], backend) for i in range(nrows)]
             torch.cuda.synchronize()
+            # first forward+backward on each row: compile (first row) and per-shape plan builds (cuDNN)
+            first = []
+            for i in range(nrows):
+                t1 = time.time()
+                q, k, v = (t.detach().requires_grad_() for t in qkv[i])
+                torch.autograd.grad(fn(q, k, v, masks[i]), (q, k, v), dout[i])
+                torch.cuda.synchronize()
+                first.append(round((time.time() - t1) * 1e3, 1))
+            res["first_call_ms_per_row"] = first
             res["mask_build_ms"] = timed(lambda: build_prefix_lm_mask(docs[0], pres[0], backend), 5)
             errs = []
             for i in range(nrows):
@@ -149,7 +159,7 @@ def section_attention(rows: dict[str, torch.Tensor], reps: int) -> list[dict[str
 
 
 def section_block(rows: dict[str, torch.Tensor], reps: int, all_variants: bool = False,
-                  profile_to: Path | None = None) -> list[dict[str, Any]]:
+                  profile_to: Path | None = None, only_variants: list[str] | None = None) -> list[dict[str, Any]]:
     dev = torch.device("cuda")
     T = rows["doc_ids"].shape[1]
     doc, pre = rows["doc_ids"][:1].to(dev), rows["is_prefix"][:1].to(dev)
@@ -168,6 +178,8 @@ def section_block(rows: dict[str, torch.Tensor], reps: int, all_variants: bool =
             ("bf16 residual, flex, bf16", torch.bfloat16, "flex", None),
             ("fp32 residual, varlen, bf16", torch.float32, "varlen", None),
         ]
+    if only_variants:
+        variants = [v for v in variants if any(o in v[0] for o in only_variants)]
     results = []
     for name, xdtype, backend, fp8 in variants:
         res: dict[str, Any] = {"variant": name}
@@ -244,6 +256,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["attention", "block", "matmul"], action="append", default=None)
     ap.add_argument("--all-block-variants", action="store_true", help="also torchao tensorwise/rowwise, bf16 residual, varlen attention")
     ap.add_argument("--profile", action="store_true", help="kernel table of each block variant (OUT/block_profile.txt)")
+    ap.add_argument("--block-variant", action="append", default=None,
+                    help="only the block variants whose name contains this text (repeatable)")
     ap.add_argument("--out", default="step_parts_out")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -263,7 +277,7 @@ def main() -> None:
         report["attention"] = section_attention(rows, args.reps)
     if "block" in only:
         report["block"] = section_block(rows, args.reps, args.all_block_variants,
-                                        out / "block_profile.txt" if args.profile else None)
+                                        out / "block_profile.txt" if args.profile else None, args.block_variant)
     (out / "step_parts.json").write_text(json.dumps(report, indent=1))
     print("\n| section | variant | ms | est. per step (ms) | notes |\n|---|---|---:|---:|---|")
     for r in report.get("attention", []):

@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 
 ARCHS = ("hrm", "transformer", "looped", "trm", "rins")
-ATTN_BACKENDS = ("auto", "sdpa", "flex", "varlen", "fa3")
+ATTN_BACKENDS = ("auto", "sdpa", "flex", "varlen", "fa3", "cudnn")
 FP8_RECIPES = ("fused", "rowwise", "tensorwise", "rowwise_with_gw_hp")  # train.fp8_recipe (train/step.py)
 
 
@@ -186,8 +186,9 @@ class TrainConfig:
     looped_bp_steps: int = 2  # looped: gradients through the last N of its looped_cycles calls
     rins_bp_steps: int = 4  # rins: the last N of its L calls (the H call is always recorded)
     # attention kernel for full sequences (training steps, held-out loss): auto = flex on CUDA,
-    # sdpa elsewhere; fa3 needs an sm90 GPU. A run-time choice, not part of the weights.
-    attn_backend: Literal["auto", "sdpa", "flex", "varlen", "fa3"] = "auto"
+    # sdpa elsewhere; fa3 needs an sm90 GPU; varlen and cudnn need CUDA sm80+. A run-time choice,
+    # not part of the weights (model/attention.py).
+    attn_backend: Literal["auto", "sdpa", "flex", "varlen", "fa3", "cudnn"] = "auto"
     # prefix_lm (docs/ARCHITECTURE.md#sequence-layout-and-objective), causal_response (causal mask, response loss) or causal_full (causal mask,
     # loss on every next token): the objective ablation of the paper's Table 3 (data.batch.apply_objective)
     objective: Literal["prefix_lm", "causal_response", "causal_full"] = "prefix_lm"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hrm_text.data.batch import pack_rows
-from hrm_text.model.attention import _two_call_varlen, build_prefix_lm_mask, dense_prefix_lm_mask, varlen_info
+from hrm_text.model.attention import _cudnn_prefix_lm, _two_call_varlen, build_prefix_lm_mask, dense_prefix_lm_mask, varlen_info
 
 
 def brute_force_mask(rows, T):
@@ -111,6 +111,47 @@ def test_varlen_two_call_decomposition_matches_dense(seed):
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense_prefix_lm_mask(batch.doc_ids, batch.is_prefix))
     ref_grads = torch.autograd.grad(ref, (q, k, v), g)
     got = _two_call_varlen(q, k, v, varlen_info(batch.doc_ids, batch.is_prefix), varlen_fn=_naive_varlen)
+    got_grads = torch.autograd.grad(got, (q, k, v), g)
+    assert torch.allclose(got, ref, atol=1e-10)
+    for a, b in zip(got_grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def _naive_varlen_top_left(q, k, v, cu_q, cu_k, max_q, max_k, causal):
+    """Reference ragged attention with top-left causal alignment (query i sees keys 0..i), which is
+    what cuDNN's causal mask does; empty sequences are refused, as a strict kernel would."""
+    assert len(cu_q) == len(cu_k)
+    assert bool((cu_q[1:] > cu_q[:-1]).all()) and bool((cu_k[1:] > cu_k[:-1]).all()), "empty sequence"
+    out = torch.zeros_like(q)
+    for i in range(len(cu_q) - 1):
+        qs, qe, ks, ke = int(cu_q[i]), int(cu_q[i + 1]), int(cu_k[i]), int(cu_k[i + 1])
+        assert qe - qs <= max_q and ke - ks <= max_k
+        qi, ki, vi = q[qs:qe].transpose(0, 1), k[ks:ke].transpose(0, 1), v[ks:ke].transpose(0, 1)
+        s = qi @ ki.transpose(-1, -2) / qi.shape[-1] ** 0.5
+        if causal:
+            s = s.masked_fill(torch.arange(ke - ks)[None, :] > torch.arange(qe - qs)[:, None], float("-inf"))
+        out[qs:qe] = (s.softmax(-1) @ vi).transpose(0, 1)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("no_instruction", [False, True])
+def test_cudnn_decomposition_matches_dense(seed, no_instruction):
+    """The cudnn backend's split (every query causal over its example, then instruction queries
+    non-causal over their instruction) equals the mask, in the output and in q, k, v's gradients,
+    with a kernel that only knows top-left causal alignment and refuses empty sequences."""
+    rng = random.Random(seed)
+    T = 20
+    rows = random_rows(rng, T, 2) + EDGE_ROWS[:1]
+    rows = [r for r in rows if sum(len(a) + len(b) for a, b in r) <= T]
+    batch = pack_rows(rows, T)
+    is_prefix = torch.zeros_like(batch.is_prefix) if no_instruction else batch.is_prefix
+    B, H, D = len(rows), 2, 8
+    q, k, v = (torch.randn(B, H, T, D, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    g = torch.randn(B, H, T, D, dtype=torch.float64)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense_prefix_lm_mask(batch.doc_ids, is_prefix))
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    got = _cudnn_prefix_lm(q, k, v, varlen_info(batch.doc_ids, is_prefix), varlen_fn=_naive_varlen_top_left)
     got_grads = torch.autograd.grad(got, (q, k, v), g)
     assert torch.allclose(got, ref, atol=1e-10)
     for a, b in zip(got_grads, ref_grads):

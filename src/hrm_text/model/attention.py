@@ -17,6 +17,10 @@ Backends:
         response queries causal with bottom-right alignment over the whole example. Computes only
         the allowed pairs (up to the kernel's tile edges) and needs no [T, T] mask build.
   fa3   the same two-call split on FlashAttention 3 (sm90 only, if `flash_attn_interface` imports).
+  cudnn PyTorch's cuDNN attention on ragged sequences (CUDA sm80+, cuDNN 9): every query causal over
+        its example, then the instruction queries again, non-causal over their instruction. The
+        instruction rows of the first call are computed and dropped (about P^2/2 extra pairs per
+        example), because that call never relies on the kernel's causal alignment for q != k.
 `build_prefix_lm_mask(..., backend="auto")` picks flex on CUDA, sdpa elsewhere.
 """
 
@@ -37,7 +41,7 @@ FLEX_BLOCK = 128  # FlexAttention's sparse block size: the granularity at which 
 class AttnMask:
     """A prepared attention mask. Exactly one of the payloads is set, according to `kind`."""
 
-    kind: str  # "sdpa" | "flex" | "varlen" | "fa3"
+    kind: str  # "sdpa" | "flex" | "varlen" | "fa3" | "cudnn"
     dense: torch.Tensor | None = None  # [B, 1, Tq, Tk] bool, True = may attend
     block_mask: Any = None  # torch.nn.attention.flex_attention.BlockMask
     varlen: "VarlenInfo | None" = None
@@ -54,7 +58,7 @@ class VarlenInfo:
     perm: torch.Tensor  # int64 [B*T]: instruction positions, then response/padding positions
     inv_perm: torch.Tensor  # int64 [B*T]: inverse of perm
     n_prefix: int  # number of instruction tokens in the batch (the split point of perm)
-    cu_q_prefix: torch.Tensor  # int32 [n+1] cumulative instruction lengths
+    cu_q_prefix: torch.Tensor  # int32 [m+1] cumulative instruction lengths of the m examples that have one
     cu_q_resp: torch.Tensor  # int32 [n+1] cumulative response lengths
     cu_k: torch.Tensor  # int32 [n+1] cumulative example lengths (keys = whole example, flat order)
     max_prefix: int
@@ -94,11 +98,11 @@ def build_prefix_lm_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor, backend
         return AttnMask("sdpa", dense=dense_prefix_lm_mask(doc_ids, is_prefix))
     if backend == "flex":
         return AttnMask("flex", block_mask=_flex_block_mask(doc_ids, is_prefix))
-    if backend in ("fa3", "varlen"):
+    if backend in ("fa3", "varlen", "cudnn"):
         if (why := backend_unavailable(backend, doc_ids.device)) is not None:
             raise RuntimeError(f"attn_backend={backend} {why}")
         return AttnMask(backend, varlen=varlen_info(doc_ids, is_prefix))
-    raise ValueError(f"unknown attention backend {backend!r}; choose auto, sdpa, flex, varlen or fa3")
+    raise ValueError(f"unknown attention backend {backend!r}; choose auto, sdpa, flex, varlen, fa3 or cudnn")
 
 
 def _flex_block_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> Any:
@@ -174,11 +178,14 @@ def varlen_info(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> VarlenInfo:
     n_prefix, max_prefix, max_resp, max_k = torch.stack(
         [pre_counts.sum(), pre_counts.max(), resp_counts.max(), lengths.max()]
     ).tolist()
+    # examples without instruction tokens (padding, the causal objectives) drop out of the
+    # instruction call: some kernels reject empty sequences, and they add no work
+    pre_nonzero = pre_counts[pre_counts > 0]
     return VarlenInfo(
         perm=perm,
         inv_perm=inv_perm,
         n_prefix=int(n_prefix),
-        cu_q_prefix=cu(pre_counts),
+        cu_q_prefix=cu(pre_nonzero),
         cu_q_resp=cu(resp_counts),
         cu_k=cu(lengths),
         max_prefix=int(max_prefix),
@@ -242,6 +249,50 @@ def _torch_varlen_fn() -> VarlenFn:
     return fn
 
 
+def _bucket(n: int) -> int:
+    """Round a max length up to a power of two (at least 128): cuDNN builds one execution plan per
+    problem shape, so a handful of buckets keeps new batches on cached plans."""
+    return max(128, 1 << (max(n, 1) - 1).bit_length())
+
+
+def _cudnn_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+              max_q: int, max_k: int, causal: bool) -> torch.Tensor:
+    # The aten op behind SDPA's cuDNN path for nested (jagged) tensors; it has its own backward.
+    # Used only with equal query and key runs when causal, so the diagonal's alignment is moot.
+    need_lse = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    return torch.ops.aten._cudnn_attention_forward(
+        q, k, v, None, cu_q, cu_k, _bucket(max_q), _bucket(max_k), need_lse, 0.0, causal, False
+    )[0]
+
+
+def _cudnn_prefix_lm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, info: VarlenInfo,
+                     varlen_fn: VarlenFn = _cudnn_fn) -> torch.Tensor:
+    """PrefixLM as two ragged calls that only ever need top-left causal masking. q, k, v are
+    [B, H, T, D]; returns [B, H, T, D].
+
+    Call 1: every query, causal over its own example (right for response and padding rows).
+    Call 2: instruction queries, non-causal over their example's instruction keys; these rows
+    replace call 1's instruction rows."""
+    B, H, T, D = q.shape
+    qf = q.transpose(1, 2).reshape(B * T, H, D)
+    kf = k.transpose(1, 2).reshape(B * T, H, D)
+    vf = v.transpose(1, 2).reshape(B * T, H, D)
+    out = varlen_fn(qf, kf, vf, info.cu_k, info.cu_k, info.max_k, info.max_k, causal=True)
+    if info.n_prefix:
+        idx = info.perm[: info.n_prefix]
+        q_pre, k_pre, v_pre = (t.index_select(0, idx) for t in (qf, kf, vf))
+        pre = varlen_fn(q_pre, k_pre, v_pre, info.cu_q_prefix, info.cu_q_prefix, info.max_prefix, info.max_prefix,
+                        causal=False)
+        out = out.index_copy(0, idx, pre)
+    return out.reshape(B, T, H, D).transpose(1, 2)
+
+
+def cudnn_available() -> bool:
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
+        return False
+    return torch.backends.cudnn.is_available() and hasattr(torch.ops.aten, "_cudnn_attention_forward")
+
+
 def varlen_available() -> bool:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
         return False
@@ -259,12 +310,16 @@ def backend_unavailable(backend: str, device: torch.device) -> str | None:
         return "needs a CUDA GPU (sm80+) and torch.nn.attention.varlen (torch >= 2.9); use auto, flex or sdpa"
     if backend == "fa3" and not (device.type == "cuda" and fa3_available()):
         return "needs an sm90 GPU and the flash_attn_interface (FlashAttention 3) module; use auto or flex"
+    if backend == "cudnn" and not (device.type == "cuda" and cudnn_available()):
+        return "needs a CUDA GPU (sm80+) with cuDNN attention; use auto, flex or sdpa"
     return None
 
 
 @torch.compiler.disable  # per-batch host ints and data-dependent sizes: runs eagerly between compiled pieces
-def _varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, info: VarlenInfo, fa3: bool) -> torch.Tensor:
-    return _two_call_varlen(q, k, v, info, _fa3_fn if fa3 else _torch_varlen_fn())
+def _varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, info: VarlenInfo, kind: str) -> torch.Tensor:
+    if kind == "cudnn":
+        return _cudnn_prefix_lm(q, k, v, info)
+    return _two_call_varlen(q, k, v, info, _fa3_fn if kind == "fa3" else _torch_varlen_fn())
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask) -> torch.Tensor:
@@ -277,7 +332,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask)
 
             return flex_attention(q, k, v, block_mask=mask.block_mask)
         return _compiled_flex()(q, k, v, block_mask=mask.block_mask)
-    if mask.kind in ("fa3", "varlen"):
+    if mask.kind in ("fa3", "varlen", "cudnn"):
         assert mask.varlen is not None
-        return _varlen_attention(q, k, v, mask.varlen, fa3=mask.kind == "fa3")
+        return _varlen_attention(q, k, v, mask.varlen, mask.kind)
     raise ValueError(f"unknown mask kind {mask.kind!r}")
