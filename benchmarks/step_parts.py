@@ -65,7 +65,20 @@ def attention_pairs(doc: torch.Tensor, pre: torch.Tensor) -> int:
     return total
 
 
-def section_attention(rows: dict[str, torch.Tensor], reps: int) -> list[dict[str, Any]]:
+def _exact_max(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """fn with cuDNN's max lengths passed as they are, not rounded up to powers of two."""
+    import hrm_text.model.attention as attn_mod
+
+    def run(*a: Any) -> torch.Tensor:
+        bucket, attn_mod._bucket = attn_mod._bucket, lambda n: n
+        try:
+            return fn(*a)
+        finally:
+            attn_mod._bucket = bucket
+    return run
+
+
+def section_attention(rows: dict[str, torch.Tensor], reps: int, only_variants: list[str] | None = None) -> list[dict[str, Any]]:
     from torch.nn.attention.flex_attention import flex_attention
 
     dev = torch.device("cuda")
@@ -95,7 +108,10 @@ def section_attention(rows: dict[str, torch.Tensor], reps: int) -> list[dict[str
             {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 128, "fwd_num_warps": 8, "fwd_num_stages": 2, "USE_TMA": True})),
         ("varlen (torch FA2, two calls)", "varlen", attention),
         ("cudnn (two ragged calls)", "cudnn", attention),
+        ("cudnn (two ragged calls), exact max lengths", "cudnn", _exact_max(attention)),
     ]
+    if only_variants:
+        variants = [v for v in variants if any(o in v[0] for o in only_variants)]
     results = []
     ref_out: list[torch.Tensor] = []
     ref_grads: list[tuple[torch.Tensor, ...]] = []
@@ -169,6 +185,7 @@ def section_block(rows: dict[str, torch.Tensor], reps: int, all_variants: bool =
     variants = [
         ("fp32 residual, flex, bf16", torch.float32, "flex", None),
         ("fp32 residual, flex, fp8 fused (ours)", torch.float32, "flex", "fused"),
+        ("fp32 residual, flex, fp8 fused_fastacc (ours, fast accumulation)", torch.float32, "flex", "fused_fastacc"),
         ("fp32 residual, flex, fp8 torchao rowwise_with_gw_hp", torch.float32, "flex", "rowwise_with_gw_hp"),
     ]
     if all_variants:
@@ -189,10 +206,10 @@ def section_block(rows: dict[str, torch.Tensor], reps: int, all_variants: bool =
             for m in blk.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
-            if fp8 == "fused":
+            if fp8 in ("fused", "fused_fastacc"):
                 from hrm_text.train.fp8 import convert_to_float8
 
-                convert_to_float8(blk)
+                convert_to_float8(blk, fast_accum=fp8 == "fused_fastacc")
             elif fp8:
                 from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
@@ -258,6 +275,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="kernel table of each block variant (OUT/block_profile.txt)")
     ap.add_argument("--block-variant", action="append", default=None,
                     help="only the block variants whose name contains this text (repeatable)")
+    ap.add_argument("--attention-variant", action="append", default=None,
+                    help="only the attention variants whose name contains this text (repeatable)")
     ap.add_argument("--out", default="step_parts_out")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -274,7 +293,7 @@ def main() -> None:
         report["matmul"] = {"bf16_matmul_tflops": matmul_rate() / 1e12}
         print(json.dumps(report["matmul"]), flush=True)
     if "attention" in only:
-        report["attention"] = section_attention(rows, args.reps)
+        report["attention"] = section_attention(rows, args.reps, args.attention_variant)
     if "block" in only:
         report["block"] = section_block(rows, args.reps, args.all_block_variants,
                                         out / "block_profile.txt" if args.profile else None, args.block_variant)

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 ARCHS = ("hrm", "transformer", "looped", "trm", "rins")
 ATTN_BACKENDS = ("auto", "sdpa", "flex", "varlen", "fa3", "cudnn")
-FP8_RECIPES = ("fused", "rowwise", "tensorwise", "rowwise_with_gw_hp")  # train.fp8_recipe (train/step.py)
+FP8_RECIPES = ("fused", "fused_fastacc", "rowwise", "tensorwise", "rowwise_with_gw_hp")  # train.fp8_recipe (train/step.py)
 
 
 @dataclass
@@ -197,8 +197,9 @@ class TrainConfig:
     # speed and memory (train/step.py; measured in docs/PERFORMANCE.md)
     fp8: bool = False  # float8 training of the block projections (H100/H200 class GPUs)
     # fused: ours (train/fp8.py: float8 forward and input-gradient GEMMs, casts fused by compile);
+    # fused_fastacc: the same with Hopper's reduced-precision accumulation in the forward GEMM;
     # rowwise, tensorwise, rowwise_with_gw_hp: torchao's recipes (the `fp8` extra)
-    fp8_recipe: Literal["fused", "rowwise", "tensorwise", "rowwise_with_gw_hp"] = "fused"
+    fp8_recipe: Literal["fused", "fused_fastacc", "rowwise", "tensorwise", "rowwise_with_gw_hp"] = "fused"
     activation_memory_budget: float = 1.0  # < 1: the compiler recomputes activations to save memory
     recompute_calls: int = 0  # first N recorded stack calls recomputed in backward (checkpointing)
     # FSDP2: free a block's gathered weights after each call (True) or keep them until backward

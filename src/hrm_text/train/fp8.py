@@ -38,15 +38,18 @@ class _Float8Matmul(torch.autograd.Function):
     """x [M, K] (any float dtype), w [N, K] -> x @ w.T in bf16; float8 forward and dgrad GEMMs."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, w: torch.Tensor,  # type: ignore[override]
+                fast_accum: bool = False) -> torch.Tensor:
         xq, xs = quantize_rows(x.contiguous())
         wq, ws = quantize_rows(w)
         ctx.save_for_backward(x.to(torch.bfloat16), w)
-        # row-major A, column-major B (wq.t()); scales [M, 1] and [1, N]
-        return torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws.t(), out_dtype=torch.bfloat16, use_fast_accum=True)
+        # row-major A, column-major B (wq.t()); scales [M, 1] and [1, N]. Hopper's fast accumulation
+        # keeps fewer bits in the running sum; it is opt-in (recipe fused_fastacc).
+        return torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws.t(), out_dtype=torch.bfloat16,
+                                use_fast_accum=fast_accum)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, gy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, gy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
         xb, w = ctx.saved_tensors  # type: ignore[attr-defined]
         gy = gy.to(torch.bfloat16).contiguous()
         dx = dw = None
@@ -56,7 +59,7 @@ class _Float8Matmul(torch.autograd.Function):
             dx = torch._scaled_mm(gq, wtq.t(), scale_a=gs, scale_b=wts.t(), out_dtype=torch.bfloat16)
         if ctx.needs_input_grad[1]:  # type: ignore[attr-defined]  # a frozen base weight (LoRA) needs none
             dw = (gy.t() @ xb).to(w.dtype)
-        return dx, dw
+        return dx, dw, None
 
 
 def float8_shape_ok(m: int, k: int, n: int) -> bool:
@@ -68,18 +71,20 @@ class Float8Linear(nn.Linear):
     """`nn.Linear` (no bias) whose matmuls run as `_Float8Matmul`; falls back to the plain linear
     for shapes float8 GEMMs do not take."""
 
+    fast_accum: bool = False  # set per module by convert_to_float8
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, k = x.shape[:-1], x.shape[-1]
         m = x.numel() // max(1, k)
         if self.bias is not None or not float8_shape_ok(m, k, self.out_features):
             return super().forward(x)
-        return _Float8Matmul.apply(x.reshape(m, k), self.weight).view(*lead, self.out_features)
+        return _Float8Matmul.apply(x.reshape(m, k), self.weight, self.fast_accum).view(*lead, self.out_features)
 
 
-def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> int:
+def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), fast_accum: bool = False) -> int:
     """Turn every bias-free `nn.Linear` except those named in `skip` and LoRA's low-rank adapters
     (too narrow to gain) into a `Float8Linear` in place (the class changes, the parameters stay);
-    returns how many."""
+    returns how many. `fast_accum`: Hopper's reduced-precision accumulation in the forward GEMM."""
     n = 0
     for name, mod in model.named_modules():
         parts = name.split(".")
@@ -87,5 +92,6 @@ def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) ->
             continue
         if type(mod) is nn.Linear and mod.bias is None and parts[-1] not in skip:
             mod.__class__ = Float8Linear
+            mod.fast_accum = fast_accum
             n += 1
     return n
