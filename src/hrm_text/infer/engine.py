@@ -11,7 +11,7 @@ On CUDA the decode step is captured once in a CUDA graph and replayed (static sh
 position and the cache), which removes the per-kernel launch cost that dominates small-batch
 decoding of a model that runs 8 stack calls per token; the step runs block by block with the
 block's dense parts compiled once (decode_block.py), each block's attention is one fused Triton
-kernel (decode_attention.py), and greedy steps are pipelined (see `Engine.run`). On CPU it simply
+kernel (decode_attention.py), and steps are pipelined, greedy and sampled (see `Engine.run`). On CPU it simply
 runs. docs/INFERENCE.md lists the switches, docs/PERFORMANCE.md what each one gained.
 """
 
@@ -82,8 +82,8 @@ class Result:
 
 @dataclass
 class _Step:
-    """A launched pipelined decode step: the (cache row, row) pairs it ran for, and its greedy
-    tokens being copied to `host` (pinned memory on CUDA) behind `event`."""
+    """A launched pipelined decode step: the (cache row, row) pairs it ran for, and its
+    tokens (argmax or sampled) being copied to `host` (pinned memory on CUDA) behind `event`."""
 
     rows: list[tuple[int, "_Row"]]
     host: torch.Tensor
@@ -243,12 +243,13 @@ class Engine:
         `poll(block)` (optional) fetches newly arrived requests each step (the server's queue);
         with block=True the engine is idle and poll may wait; an empty answer then ends the loop.
 
-        While every active row decodes greedily, steps are pipelined: the greedy token is chosen on
-        the device and fed straight into the next step, which is launched before the host reads the
-        previous step's tokens. The host's work (stop checks, streaming callbacks, admission) then
-        overlaps the device's. A row that finished at step t has had step t+1 computed for it; that
-        token is discarded (its cache row is rewritten by the next prefill). Sampled rows run one
-        synchronous step at a time.
+        Steps are pipelined: each row's next token is chosen on the device (argmax, or a batched
+        draw for sampled rows from uniforms its own generator gave at launch) and fed straight into
+        the next step, which is launched before the host reads the previous step's tokens. The
+        host's work (stop checks, streaming callbacks, admission) then overlaps the device's. A row
+        that finished at step t has had step t+1 computed for it; that token is discarded (its cache
+        row is rewritten by the next prefill), and a seeded row has drawn one uniform more than it
+        used, which changes nothing it returned.
         """
         waiting: deque[Request] = deque()
         for r in requests:
@@ -274,7 +275,7 @@ class Engine:
                 # the seeded generator must exist before the FIRST token is sampled, or a seeded
                 # request's first token comes from the global RNG and is not reproducible
                 gens = [self._generator(r) for _, r in admit]
-                toks = self._sample_rows(logits, [r for _, r in admit], gens)
+                toks = self._choose(logits, [r for _, r in admit], gens).tolist()
                 for (i, req), tok, gen in zip(admit, toks, gens):
                     row = _Row(req, len(req.prompt_ids), [], 0, gen)
                     rows[i] = row
@@ -284,22 +285,7 @@ class Engine:
                     else:
                         self._stale.add(i)  # its token and position go to the device before the next step
             active = [i for i, r in enumerate(rows) if r is not None]
-            pipelined = bool(active) and all(rows[i].req.params.temperature == 0 for i in active)  # type: ignore[union-attr]
-            if pipelined:
-                launched = self._launch(rows, active)
-            elif inflight is None and active:  # one synchronous step (sampled rows)
-                self._write_rows(rows, list(range(self.max_batch)))
-                logits = self._decode()
-                act_rows = [rows[i] for i in active]
-                sampled = self._sample_rows(logits[active], [r.req for r in act_rows], [r.generator for r in act_rows])  # type: ignore[union-attr]
-                toks = [0] * self.max_batch
-                for i, t in zip(active, sampled):
-                    toks[i] = t
-                yield from self._advance(rows, list(zip(active, act_rows)), toks)  # type: ignore[arg-type]
-                self._stale.update(range(self.max_batch))  # the device holds none of the sampled tokens
-                continue
-            else:
-                launched = None
+            launched = self._launch(rows, active) if active else None
             if inflight is not None:
                 yield from self._advance(rows, inflight.rows, inflight.tokens())
             inflight = launched
@@ -325,11 +311,15 @@ class Engine:
         self._stale.difference_update(which)
 
     def _launch(self, rows: list[_Row | None], active: list[int]) -> _Step:
-        """Launch one greedy step without waiting for it; the device feeds its own tokens forward."""
+        """Launch one step without waiting for it; the device feeds its own tokens forward."""
         if self._stale:
             self._write_rows(rows, sorted(self._stale))
         logits = self._decode()
-        nxt = logits[:, : self.vocab].argmax(-1, keepdim=True)
+        reqs: list[Request | None] = [None] * self.max_batch  # rows without a request decode greedily
+        gens: list[torch.Generator | None] = [None] * self.max_batch
+        for i in active:
+            reqs[i], gens[i] = rows[i].req, rows[i].generator  # type: ignore[union-attr]
+        nxt = self._choose(logits, reqs, gens)[:, None]
         self._tok.copy_(nxt)
         self._pos.add_(self._live).clamp_(max=self.max_len - 1)  # in bounds even one step past the end
         self._n_launched += 1
@@ -359,19 +349,20 @@ class Engine:
         seed = req.params.seed if req.params.seed is not None else time.time_ns() % 2**31
         return torch.Generator().manual_seed(int(seed))
 
-    def _sample_rows(self, logits: torch.Tensor, reqs: list[Request], gens: list[torch.Generator | None]) -> list[int]:
-        """Next token of every row: greedy rows by argmax, sampled rows in one batched draw
-        (infer/sampling.py), then one device-to-host copy for all of them."""
+    def _choose(self, logits: torch.Tensor, reqs: Sequence[Request | None], gens: Sequence[torch.Generator | None]) -> torch.Tensor:
+        """Next token of every row, on the device and without waiting for it: greedy rows (and rows
+        without a request) by argmax, sampled rows in one batched draw (infer/sampling.py). Every
+        host-to-device copy here is non-blocking, so a pipelined step is not held up."""
         lg = logits[:, : self.vocab]
         toks = lg.argmax(-1)
-        samp = [j for j, req in enumerate(reqs) if req.params.temperature > 0]
+        samp = [j for j, req in enumerate(reqs) if req is not None and req.params.temperature > 0]
         if samp:
-            idx = torch.tensor(samp, device=lg.device)
-            ps = [reqs[j].params for j in samp]
+            idx = torch.tensor(samp).to(lg.device, non_blocking=True)
+            ps = [reqs[j].params for j in samp]  # type: ignore[union-attr]
             drawn = sample(lg.index_select(0, idx), [q.temperature for q in ps], [q.top_k for q in ps],
                            [q.top_p for q in ps], draw_uniforms([gens[j] for j in samp], lg.device))
             toks = toks.index_copy(0, idx, drawn)
-        return toks.tolist()
+        return toks
 
     def _check(self, r: Request) -> None:
         r.params.validate()
