@@ -33,7 +33,7 @@ from hrm_text.eval.study import read_metrics  # noqa: E402  (the trainer's metri
 DEFAULT_VARIANTS = (
     "fp32:dtype=fp32",
     "fp8:fp8=true,fp8_recipe=fused",
-    "fp8_fastacc:fp8=true,fp8_recipe=fused_fastacc",
+    "fp8_precise:fp8=true,fp8_recipe=fused_precise",
 )
 
 

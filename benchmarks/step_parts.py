@@ -185,7 +185,7 @@ def section_block(rows: dict[str, torch.Tensor], reps: int, all_variants: bool =
     variants = [
         ("fp32 residual, flex, bf16", torch.float32, "flex", None),
         ("fp32 residual, flex, fp8 fused (ours)", torch.float32, "flex", "fused"),
-        ("fp32 residual, flex, fp8 fused_fastacc (ours, fast accumulation)", torch.float32, "flex", "fused_fastacc"),
+        ("fp32 residual, flex, fp8 fused_precise (ours, precise accumulation)", torch.float32, "flex", "fused_precise"),
         ("fp32 residual, flex, fp8 torchao rowwise_with_gw_hp", torch.float32, "flex", "rowwise_with_gw_hp"),
     ]
     if all_variants:
@@ -206,10 +206,10 @@ def section_block(rows: dict[str, torch.Tensor], reps: int, all_variants: bool =
             for m in blk.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
-            if fp8 in ("fused", "fused_fastacc"):
+            if fp8 in ("fused", "fused_precise"):
                 from hrm_text.train.fp8 import convert_to_float8
 
-                convert_to_float8(blk, fast_accum=fp8 == "fused_fastacc")
+                convert_to_float8(blk, fast_accum=fp8 != "fused_precise")
             elif fp8:
                 from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 

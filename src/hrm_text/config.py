@@ -23,8 +23,8 @@ class ConfigError(ValueError):
 
 
 ARCHS = ("hrm", "transformer", "looped", "trm", "rins")
-ATTN_BACKENDS = ("auto", "sdpa", "flex", "varlen", "fa3", "cudnn")
-FP8_RECIPES = ("fused", "fused_fastacc", "rowwise", "tensorwise", "rowwise_with_gw_hp")  # train.fp8_recipe (train/step.py)
+ATTN_BACKENDS = ("auto", "sdpa", "flex", "varlen", "fa3")
+FP8_RECIPES = ("fused", "fused_precise", "rowwise", "tensorwise", "rowwise_with_gw_hp")  # train.fp8_recipe (train/step.py)
 
 
 @dataclass
@@ -186,9 +186,9 @@ class TrainConfig:
     looped_bp_steps: int = 2  # looped: gradients through the last N of its looped_cycles calls
     rins_bp_steps: int = 4  # rins: the last N of its L calls (the H call is always recorded)
     # attention kernel for full sequences (training steps, held-out loss): auto = flex on CUDA,
-    # sdpa elsewhere; fa3 needs an sm90 GPU; varlen and cudnn need CUDA sm80+. A run-time choice,
-    # not part of the weights (model/attention.py).
-    attn_backend: Literal["auto", "sdpa", "flex", "varlen", "fa3", "cudnn"] = "auto"
+    # sdpa elsewhere; fa3 needs an sm90 GPU; varlen needs CUDA sm80+. A run-time choice, not part
+    # of the weights (model/attention.py).
+    attn_backend: Literal["auto", "sdpa", "flex", "varlen", "fa3"] = "auto"
     # prefix_lm (docs/ARCHITECTURE.md#sequence-layout-and-objective), causal_response (causal mask, response loss) or causal_full (causal mask,
     # loss on every next token): the objective ablation of the paper's Table 3 (data.batch.apply_objective)
     objective: Literal["prefix_lm", "causal_response", "causal_full"] = "prefix_lm"
@@ -197,9 +197,9 @@ class TrainConfig:
     # speed and memory (train/step.py; measured in docs/PERFORMANCE.md)
     fp8: bool = False  # float8 training of the block projections (H100/H200 class GPUs)
     # fused: ours (train/fp8.py: float8 forward and input-gradient GEMMs, casts fused by compile);
-    # fused_fastacc: the same with Hopper's reduced-precision accumulation in the forward GEMM;
+    # fused_precise: the same without Hopper's fast (reduced-precision) accumulation in the forward GEMM;
     # rowwise, tensorwise, rowwise_with_gw_hp: torchao's recipes (the `fp8` extra)
-    fp8_recipe: Literal["fused", "fused_fastacc", "rowwise", "tensorwise", "rowwise_with_gw_hp"] = "fused"
+    fp8_recipe: Literal["fused", "fused_precise", "rowwise", "tensorwise", "rowwise_with_gw_hp"] = "fused"
     activation_memory_budget: float = 1.0  # < 1: the compiler recomputes activations to save memory
     recompute_calls: int = 0  # first N recorded stack calls recomputed in backward (checkpointing)
     # FSDP2: free a block's gathered weights after each call (True) or keep them until backward

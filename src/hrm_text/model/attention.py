@@ -17,10 +17,11 @@ Backends:
         response queries causal with bottom-right alignment over the whole example. Computes only
         the allowed pairs (up to the kernel's tile edges) and needs no [T, T] mask build.
   fa3   the same two-call split on FlashAttention 3 (sm90 only, if `flash_attn_interface` imports).
-  cudnn PyTorch's cuDNN attention on ragged sequences (CUDA sm80+, cuDNN 9): every query causal over
-        its example, then the instruction queries again, non-causal over their instruction. The
-        instruction rows of the first call are computed and dropped (about P^2/2 extra pairs per
-        example), because that call never relies on the kernel's causal alignment for q != k.
+  cudnn EXPERIMENTAL, not selectable in configs (it failed on an H100, docs/PERFORMANCE.md): PyTorch's
+        cuDNN attention on ragged sequences. Every query causal over its example, then the
+        instruction queries again, non-causal over their instruction; the instruction rows of
+        the first call are computed and dropped (about P^2/2 extra pairs per example), because
+        that call never relies on the kernel's causal alignment for q != k.
 `build_prefix_lm_mask(..., backend="auto")` picks flex on CUDA, sdpa elsewhere.
 """
 
@@ -102,7 +103,7 @@ def build_prefix_lm_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor, backend
         if (why := backend_unavailable(backend, doc_ids.device)) is not None:
             raise RuntimeError(f"attn_backend={backend} {why}")
         return AttnMask(backend, varlen=varlen_info(doc_ids, is_prefix))
-    raise ValueError(f"unknown attention backend {backend!r}; choose auto, sdpa, flex, varlen, fa3 or cudnn")
+    raise ValueError(f"unknown attention backend {backend!r}; choose auto, sdpa, flex, varlen or fa3")
 
 
 def _flex_block_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> Any:

@@ -39,12 +39,13 @@ class _Float8Matmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, w: torch.Tensor,  # type: ignore[override]
-                fast_accum: bool = False) -> torch.Tensor:
+                fast_accum: bool = True) -> torch.Tensor:
         xq, xs = quantize_rows(x.contiguous())
         wq, ws = quantize_rows(w)
         ctx.save_for_backward(x.to(torch.bfloat16), w)
         # row-major A, column-major B (wq.t()); scales [M, 1] and [1, N]. Hopper's fast accumulation
-        # keeps fewer bits in the running sum; it is opt-in (recipe fused_fastacc).
+        # (fewer bits in the running sum) as torchao's forward GEMM does; recipe fused_precise turns
+        # it off. The input-gradient GEMM always accumulates precisely.
         return torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws.t(), out_dtype=torch.bfloat16,
                                 use_fast_accum=fast_accum)
 
@@ -71,7 +72,7 @@ class Float8Linear(nn.Linear):
     """`nn.Linear` (no bias) whose matmuls run as `_Float8Matmul`; falls back to the plain linear
     for shapes float8 GEMMs do not take."""
 
-    fast_accum: bool = False  # set per module by convert_to_float8
+    fast_accum: bool = True  # set per module by convert_to_float8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, k = x.shape[:-1], x.shape[-1]
@@ -81,7 +82,7 @@ class Float8Linear(nn.Linear):
         return _Float8Matmul.apply(x.reshape(m, k), self.weight, self.fast_accum).view(*lead, self.out_features)
 
 
-def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), fast_accum: bool = False) -> int:
+def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), fast_accum: bool = True) -> int:
     """Turn every bias-free `nn.Linear` except those named in `skip` and LoRA's low-rank adapters
     (too narrow to gain) into a `Float8Linear` in place (the class changes, the parameters stay);
     returns how many. `fast_accum`: Hopper's reduced-precision accumulation in the forward GEMM."""
