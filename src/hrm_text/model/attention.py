@@ -175,12 +175,13 @@ def varlen_info(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> VarlenInfo:
     def cu(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.zeros(1, dtype=torch.int32, device=x.device), x.cumsum(0).to(torch.int32)])
 
-    # one host sync per batch for the kernel's launch sizes (never inside the layers)
+    # host syncs once per batch for the kernel's launch sizes (never inside the layers)
     n_prefix, max_prefix, max_resp, max_k = torch.stack(
         [pre_counts.sum(), pre_counts.max(), resp_counts.max(), lengths.max()]
     ).tolist()
     # examples without instruction tokens (padding, the causal objectives) drop out of the
-    # instruction call: some kernels reject empty sequences, and they add no work
+    # instruction call: some kernels reject empty sequences, and they add no work (a second
+    # per-batch host sync, for the selection's size)
     pre_nonzero = pre_counts[pre_counts > 0]
     return VarlenInfo(
         perm=perm,
