@@ -22,16 +22,22 @@ class ConfigError(ValueError):
     """A configuration problem a user can fix; the message names the key and what is allowed."""
 
 
-ARCHS = ("hrm", "transformer", "looped", "trm", "rins")
-ATTN_BACKENDS = ("auto", "sdpa", "flex", "varlen", "fa3")
-FP8_RECIPES = ("fused", "fused_precise", "rowwise", "tensorwise", "rowwise_with_gw_hp")  # train.fp8_recipe (train/step.py)
+# Each set of choices is written once, as the field's type; the tuples are derived for checks and messages.
+Arch = Literal["hrm", "transformer", "looped", "trm", "rins"]
+AttnBackend = Literal["auto", "sdpa", "flex", "varlen", "fa3"]
+Fp8Recipe = Literal["fused", "fused_precise", "rowwise", "tensorwise", "rowwise_with_gw_hp"]  # train/step.py
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+ARCHS: tuple[str, ...] = get_args(Arch)
+ATTN_BACKENDS: tuple[str, ...] = get_args(AttnBackend)
+FP8_RECIPES: tuple[str, ...] = get_args(Fp8Recipe)
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 
 
 @dataclass
 class ModelConfig:
     """Shape of the network (docs/ARCHITECTURE.md#model). `n_layers` is the total over both stacks for HRM."""
 
-    arch: Literal["hrm", "transformer", "looped", "trm", "rins"] = "hrm"
+    arch: Arch = "hrm"
     preset: str | None = None
     vocab_size: int = 65536
     hidden_size: int = 128
@@ -188,7 +194,7 @@ class TrainConfig:
     # attention kernel for full sequences (training steps, held-out loss): auto = flex on CUDA,
     # sdpa elsewhere; fa3 needs an sm90 GPU; varlen needs CUDA sm80+. A run-time choice, not part
     # of the weights (model/attention.py).
-    attn_backend: Literal["auto", "sdpa", "flex", "varlen", "fa3"] = "auto"
+    attn_backend: AttnBackend = "auto"
     # prefix_lm (docs/ARCHITECTURE.md#sequence-layout-and-objective), causal_response (causal mask, response loss) or causal_full (causal mask,
     # loss on every next token): the objective ablation of the paper's Table 3 (data.batch.apply_objective)
     objective: Literal["prefix_lm", "causal_response", "causal_full"] = "prefix_lm"
@@ -199,7 +205,7 @@ class TrainConfig:
     # fused: ours (train/fp8.py: float8 forward and input-gradient GEMMs, casts fused by compile);
     # fused_precise: the same without Hopper's fast (reduced-precision) accumulation in the forward GEMM;
     # rowwise, tensorwise, rowwise_with_gw_hp: torchao's recipes (the `fp8` extra)
-    fp8_recipe: Literal["fused", "fused_precise", "rowwise", "tensorwise", "rowwise_with_gw_hp"] = "fused"
+    fp8_recipe: Fp8Recipe = "fused"
     activation_memory_budget: float = 1.0  # < 1: the compiler recomputes activations to save memory
     recompute_calls: int = 0  # first N recorded stack calls recomputed in backward (checkpointing)
     # FSDP2: free a block's gathered weights after each call (True) or keep them until backward
@@ -271,9 +277,6 @@ class EvalConfig:
                 raise ConfigError(f"eval.{name} must be >= 0 (got {getattr(self, name)})")
 
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
 @dataclass
 class InferConfig:
     """Switches of the decode engine (infer/engine.py, docs/INFERENCE.md, "Engine"). They
@@ -283,7 +286,7 @@ class InferConfig:
     compile: bool | None = None  # compile the dense parts of a decode block (default: on CUDA)
     # torch.compile mode of those parts; "max-autotune-no-cudagraphs" tunes the decode matmuls
     # (minutes of compilation at start-up); None compiles in seconds
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
+    compile_mode: CompileMode | None = None
     fused_attention: bool | None = None  # one Triton kernel per block (default: CUDA + compile + Triton)
     # batches of at most this many rows run the projections as fused reductions (faster than
     # cuBLAS for one row, slower from two); 0 = never

@@ -175,14 +175,15 @@ def varlen_info(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> VarlenInfo:
     def cu(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.zeros(1, dtype=torch.int32, device=x.device), x.cumsum(0).to(torch.int32)])
 
-    # host syncs once per batch for the kernel's launch sizes (never inside the layers)
-    n_prefix, max_prefix, max_resp, max_k = torch.stack(
-        [pre_counts.sum(), pre_counts.max(), resp_counts.max(), lengths.max()]
+    has_pre = pre_counts > 0
+    # one host sync per batch for the kernels' launch sizes (never inside the layers)
+    n_prefix, max_prefix, max_resp, max_k, n_with_pre = torch.stack(
+        [pre_counts.sum(), pre_counts.max(), resp_counts.max(), lengths.max(), has_pre.sum()]
     ).tolist()
     # examples without instruction tokens (padding, the causal objectives) drop out of the
-    # instruction call: some kernels reject empty sequences, and they add no work (a second
-    # per-batch host sync, for the selection's size)
-    pre_nonzero = pre_counts[pre_counts > 0]
+    # instruction call: some kernels reject empty sequences, and they add no work. A stable sort
+    # puts the others first, in order, so the known count selects them without another sync.
+    pre_nonzero = pre_counts[torch.argsort((~has_pre).to(torch.int8), stable=True)[: int(n_with_pre)]]
     return VarlenInfo(
         perm=perm,
         inv_perm=inv_perm,
@@ -199,16 +200,23 @@ def varlen_info(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> VarlenInfo:
 VarlenFn = Callable[..., torch.Tensor]  # (q, k, v, cu_q, cu_k, max_q, max_k, causal=) on [tokens, H, D]
 
 
+def _tokens_first(*ts: torch.Tensor) -> list[torch.Tensor]:
+    """[B, H, T, D] -> [B*T, H, D], the varlen kernels' layout (inverse: `_heads_first`)."""
+    return [t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[3]) for t in ts]
+
+
+def _heads_first(out: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    return out.reshape(B, T, *out.shape[1:]).transpose(1, 2)
+
+
 def _two_call_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, info: VarlenInfo, varlen_fn: VarlenFn) -> torch.Tensor:
     """PrefixLM with two varlen calls. q, k, v are [B, H, T, D]; returns [B, H, T, D].
 
     Call 1: instruction queries, non-causal, over their example's instruction keys.
     Call 2: response (and padding) queries, causal with bottom-right alignment, over the whole
     example. Both read their queries from one gather by `perm`; outputs return by `inv_perm`."""
-    B, H, T, D = q.shape
-    qf = q.transpose(1, 2).reshape(B * T, H, D)
-    kf = k.transpose(1, 2).reshape(B * T, H, D)
-    vf = v.transpose(1, 2).reshape(B * T, H, D)
+    B, _, T, _ = q.shape
+    qf, kf, vf = _tokens_first(q, k, v)
     n_pre = info.n_prefix
     q_pre, q_resp = qf.index_select(0, info.perm).split([n_pre, B * T - n_pre])
     outs = []
@@ -220,8 +228,7 @@ def _two_call_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, info: Va
     if n_pre < B * T:
         # keys of example i = its instruction then its response = the flat run [cu_k[i], cu_k[i+1])
         outs.append(varlen_fn(q_resp, kf, vf, info.cu_q_resp, info.cu_k, info.max_resp, info.max_k, causal=True))
-    out = torch.cat(outs).index_select(0, info.inv_perm)
-    return out.reshape(B, T, H, D).transpose(1, 2)
+    return _heads_first(torch.cat(outs).index_select(0, info.inv_perm), B, T)
 
 
 def _fa3_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
@@ -275,10 +282,8 @@ def _cudnn_prefix_lm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, info: Va
     Call 1: every query, causal over its own example (right for response and padding rows).
     Call 2: instruction queries, non-causal over their example's instruction keys; these rows
     replace call 1's instruction rows."""
-    B, H, T, D = q.shape
-    qf = q.transpose(1, 2).reshape(B * T, H, D)
-    kf = k.transpose(1, 2).reshape(B * T, H, D)
-    vf = v.transpose(1, 2).reshape(B * T, H, D)
+    B, _, T, _ = q.shape
+    qf, kf, vf = _tokens_first(q, k, v)
     out = varlen_fn(qf, kf, vf, info.cu_k, info.cu_k, info.max_k, info.max_k, causal=True)
     if info.n_prefix:
         idx = info.perm[: info.n_prefix]
@@ -286,7 +291,7 @@ def _cudnn_prefix_lm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, info: Va
         pre = varlen_fn(q_pre, k_pre, v_pre, info.cu_q_prefix, info.cu_q_prefix, info.max_prefix, info.max_prefix,
                         causal=False)
         out = out.index_copy(0, idx, pre)
-    return out.reshape(B, T, H, D).transpose(1, 2)
+    return _heads_first(out, B, T)
 
 
 def cudnn_available() -> bool:

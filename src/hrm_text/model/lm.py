@@ -41,7 +41,6 @@ class HRMTextLM(nn.Module):
     def __init__(self, cfg: ModelConfig, init: bool = True, attn_backend: str = "auto"):
         super().__init__()
         self.cfg = cfg
-        self.attn_backend = "auto"
         self.set_attn_backend(attn_backend)
         self.model = RecurrentCore(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.padded_vocab_size, bias=False)
