@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site; fi
-CURVE_S=${CURVE_S:-330} PARTS_S=${PARTS_S:-120} CUDNN_S=${CUDNN_S:-90}
+CURVE_S=${CURVE_S:-300} PARTS_S=${PARTS_S:-100} CUDNN_S=${CUDNN_S:-80}
 timeout "$CURVE_S" python3 benchmarks/fp8_loss_curve.py --data runs/study_hrm_vs_tf/data --steps 300 --parallel 3 \
   --variant "bf16_rerun:fp8=false" --variant "fp32:dtype=fp32" --variant "fp8:fp8=true,fp8_recipe=fused" \
   --variant "fp8_precise:fp8=true,fp8_recipe=fused_precise" --variant "fp8_torchao:fp8=true,fp8_recipe=rowwise" \
