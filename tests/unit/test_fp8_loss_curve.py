@@ -1,0 +1,57 @@
+"""The float8 loss-curve check's arithmetic (benchmarks/fp8_loss_curve.py), on made-up curves."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fp8_loss_curve.py"
+spec = importlib.util.spec_from_file_location("fp8_loss_curve", SCRIPT)
+assert spec is not None and spec.loader is not None
+flc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(flc)
+
+STEPS = range(10, 110, 10)
+
+
+def curve(scale: float = 1.0, bump_at: int | None = None, bump: float = 0.0) -> dict[int, float]:
+    return {s: scale * (3.0 - s / 100) * (1 + (bump if s == bump_at else 0.0)) for s in STEPS}
+
+
+def test_rel_diffs_finds_the_worst_step_and_the_last():
+    d = flc.rel_diffs(curve(bump_at=50, bump=0.05), curve(), skip=20, window=3)
+    assert d["at_step"] == 50 and d["max_abs_rel_diff"] == pytest.approx(0.05)
+    assert d["final_rel_diff"] == pytest.approx(0.0)
+    assert d["max_abs_windowed_rel_diff"] == pytest.approx(0.05 / 3)
+
+
+def test_rel_diffs_leaves_out_the_warm_up():
+    d = flc.rel_diffs(curve(bump_at=20, bump=0.5), curve(), skip=20, window=1)
+    assert d["max_abs_rel_diff"] == pytest.approx(0.0)
+
+
+def test_seed_means_pass_within_tol_and_fail_outside():
+    bf16 = {0: curve(1.0), 1: curve(1.1)}  # the seeds differ by 10%
+    close = {0: curve(1.004), 1: curve(1.104)}
+    far = {0: curve(1.0, bump_at=70, bump=0.05), 1: curve(1.1, bump_at=70, bump=0.05)}
+    rep = flc.analyse({"bf16": bf16, "close": close, "far": far}, skip=0, window=2, tol=0.01)
+    assert rep["passed"] == {"close": True, "far": False}
+    far_mean = rep["seed_mean"]["far"]
+    assert far_mean["at_step"] == 70 and far_mean["max_abs_rel_diff"] == pytest.approx(0.05)
+    assert far_mean["bf16_seed_spread_max"] == pytest.approx(0.1 / 1.05)
+    assert set(rep["per_seed"]["far"]) == {"0", "1"}
+
+
+def test_one_seed_has_no_spread_and_missing_seeds_are_left_out():
+    rep = flc.analyse({"bf16": {0: curve()}, "fp8": {0: curve(1.02), 3: curve()}}, skip=0, window=2, tol=0.01)
+    assert rep["seed_mean"]["fp8"]["seeds"] == 1 and "bf16_seed_spread_max" not in rep["seed_mean"]["fp8"]
+    assert rep["passed"]["fp8"] is False
+
+
+def test_variants_parse_and_refuse_a_second_reference():
+    assert flc.parse_variants(["fp8p:fp8=true,fp8_recipe=fused_precise"]) == {
+        "bf16": ["train.fp8=false"], "fp8p": ["train.fp8=true", "train.fp8_recipe=fused_precise"]}
+    with pytest.raises(SystemExit, match="bf16"):
+        flc.parse_variants(["bf16:lr=1e-3"])
