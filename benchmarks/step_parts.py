@@ -186,6 +186,7 @@ def section_block(rows: dict[str, torch.Tensor], reps: int, all_variants: bool =
         ("fp32 residual, flex, bf16", torch.float32, "flex", None),
         ("fp32 residual, flex, fp8 fused (ours)", torch.float32, "flex", "fused"),
         ("fp32 residual, flex, fp8 fused_precise (ours, precise accumulation)", torch.float32, "flex", "fused_precise"),
+        ("fp32 residual, flex, fp8 fused_lowmem (ours, float8 x saved for the weight gradient)", torch.float32, "flex", "fused_lowmem"),
         ("fp32 residual, flex, fp8 torchao rowwise_with_gw_hp", torch.float32, "flex", "rowwise_with_gw_hp"),
     ]
     if all_variants:
@@ -211,10 +212,10 @@ def section_block(rows: dict[str, torch.Tensor], reps: int, all_variants: bool =
             for m in blk.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
-            if fp8 in ("fused", "fused_precise"):
+            if fp8 in ("fused", "fused_precise", "fused_lowmem"):
                 from hrm_text.train.fp8 import convert_to_float8
 
-                convert_to_float8(blk, fast_accum=fp8 != "fused_precise")
+                convert_to_float8(blk, fast_accum=fp8 != "fused_precise", save_fp8=fp8 == "fused_lowmem")
             elif fp8:
                 from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 

@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 # Each set of choices is written once, as the field's type; the tuples are derived for checks and messages.
 Arch = Literal["hrm", "transformer", "looped", "trm", "rins"]
 AttnBackend = Literal["auto", "sdpa", "flex", "varlen", "fa3"]
-Fp8Recipe = Literal["fused", "fused_precise", "rowwise", "tensorwise", "rowwise_with_gw_hp"]  # train/step.py
+Fp8Recipe = Literal["fused", "fused_precise", "fused_lowmem", "rowwise", "tensorwise", "rowwise_with_gw_hp"]  # train/step.py
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 ARCHS: tuple[str, ...] = get_args(Arch)
 ATTN_BACKENDS: tuple[str, ...] = get_args(AttnBackend)
@@ -204,6 +204,7 @@ class TrainConfig:
     fp8: bool = False  # float8 training of the block projections (H100/H200 class GPUs)
     # fused: ours (train/fp8.py: float8 forward and input-gradient GEMMs, casts fused by compile);
     # fused_precise: the same without Hopper's fast (reduced-precision) accumulation in the forward GEMM;
+    # fused_lowmem: the same, saving x for the weight gradient in float8 (less activation memory);
     # rowwise, tensorwise, rowwise_with_gw_hp: torchao's recipes (the `fp8` extra)
     fp8_recipe: Fp8Recipe = "fused"
     activation_memory_budget: float = 1.0  # < 1: the compiler recomputes activations to save memory

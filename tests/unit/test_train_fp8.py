@@ -56,6 +56,47 @@ def test_float8_linear_matches_float64(seed, monkeypatch):
     assert lin.weight.grad.dtype == torch.float32
 
 
+def _saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd saves for backward while running fn()."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def test_lowmem_recipe_saves_float8_inputs_and_keeps_the_gradients():
+    """fused_lowmem: the same output and input gradient as fused; the weight gradient from the
+    float8-rounded input (still close to float64); about half the saved bytes for x."""
+    torch.manual_seed(0)
+    x = torch.randn(128, 256, requires_grad=True)
+    gy = torch.randn(128, 384)
+    base = nn.Linear(256, 384, bias=False)
+    out = {}
+    for save_fp8 in (False, True):
+        lin = nn.Linear(256, 384, bias=False)
+        lin.weight.data.copy_(base.weight.data)
+        convert_to_float8(nn.Sequential(lin), save_fp8=save_fp8)
+        x.grad = None
+        saved = _saved_bytes(lambda: lin(x).backward(gy.to(torch.bfloat16)))
+        out[save_fp8] = (lin(x).detach(), x.grad.clone(), lin.weight.grad.clone(), saved)
+    (y0, dx0, dw0, b0), (y1, dx1, dw1, b1) = out[False], out[True]
+    assert torch.equal(y0, y1) and torch.equal(dx0, dx1)
+    assert not torch.equal(dw0, dw1)  # the weight gradient did see the float8 input
+    xq, xs = quantize_rows(x.detach())
+    expect = (gy.to(torch.bfloat16).t() @ (xq.float() * xs).to(torch.bfloat16)).float()
+    assert torch.equal(dw1, expect)
+    ref = (gy.double().t() @ x.detach().double())
+    assert rel(dw1, ref) < 0.06 and rel(dw0, ref) < 0.02
+    x_bytes = 128 * 256
+    assert b0 - b1 == x_bytes * 2 - (x_bytes + 128 * 4)  # bf16 x -> float8 x plus one float32 scale per row
+
+
 def test_unsupported_shapes_fall_back_to_the_plain_linear():
     lin = nn.Linear(24, 40, bias=False)  # 24 is not a multiple of 16
     convert_to_float8(nn.Sequential(lin))
@@ -73,7 +114,8 @@ def test_convert_keeps_the_state_dict_and_skips_the_head():
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_float8_model_step_stays_close_to_the_plain_step():
+@pytest.mark.parametrize("save_fp8", [False, True], ids=["fused", "fused_lowmem"])
+def test_float8_model_step_stays_close_to_the_plain_step(save_fp8):
     """A whole HRM step (K = 5 recorded calls, fused loss) with float8 projections: the loss within
     2% of the plain step's, the gradients within float8 accuracy, and every gradient finite."""
     from hrm_text.data.batch import pack_rows
@@ -88,7 +130,7 @@ def test_float8_model_step_stays_close_to_the_plain_step():
         torch.manual_seed(0)
         model = HRMTextLM(model_config("tiny", vocab_size=512, hidden_size=128, num_heads=2, head_dim=64))
         if fp8:
-            assert convert_to_float8(model) == 4 * len(model.blocks())
+            assert convert_to_float8(model, save_fp8=save_fp8) == 4 * len(model.blocks())
         out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), bf16=False)
         grads = [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
         assert all(torch.isfinite(x).all() for x in grads)

@@ -14,6 +14,11 @@ weight gradient in bf16 avoids the column-wise casts of x and dy over the token 
 cost more than their GEMM saves at these widths (docs/PERFORMANCE.md). torchao's recipes
 (`train.fp8_recipe=rowwise` or `tensorwise`) stay available for comparison.
 
+Variants: `fused_precise` turns off Hopper's fast accumulation in the forward GEMM (same speed,
+docs/PERFORMANCE.md). `fused_lowmem` saves the float8 x and its row scales for the weight
+gradient instead of the bf16 x: half the memory of the projections' saved inputs, and the weight
+gradient then sees x rounded to float8 (as torchao's rowwise recipe does), dequantized to bf16.
+
 The modules keep their class's parameters (`Float8Linear` is an `nn.Linear`), so state dicts,
 checkpoints and exports are unchanged.
 """
@@ -39,10 +44,13 @@ class _Float8Matmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, w: torch.Tensor,  # type: ignore[override]
-                fast_accum: bool = True) -> torch.Tensor:
+                fast_accum: bool = True, save_fp8: bool = False) -> torch.Tensor:
         xq, xs = quantize_rows(x.contiguous())
         wq, ws = quantize_rows(w)
-        ctx.save_for_backward(x.to(torch.bfloat16), w)
+        if save_fp8:  # 1 byte per element for backward instead of 2
+            ctx.save_for_backward(xq, xs, w)
+        else:
+            ctx.save_for_backward(x.to(torch.bfloat16), w)
         # row-major A, column-major B (wq.t()); scales [M, 1] and [1, N]. Hopper's fast accumulation
         # (fewer bits in the running sum) as torchao's forward GEMM does; recipe fused_precise turns
         # it off. The input-gradient GEMM always accumulates precisely.
@@ -50,8 +58,9 @@ class _Float8Matmul(torch.autograd.Function):
                                 use_fast_accum=fast_accum)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, gy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
-        xb, w = ctx.saved_tensors  # type: ignore[attr-defined]
+    def backward(ctx: torch.autograd.function.FunctionCtx, gy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:  # type: ignore[override]
+        saved = ctx.saved_tensors  # type: ignore[attr-defined]
+        w = saved[-1]
         gy = gy.to(torch.bfloat16).contiguous()
         dx = dw = None
         if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
@@ -59,8 +68,9 @@ class _Float8Matmul(torch.autograd.Function):
             wtq, wts = quantize_rows(w.t().contiguous())  # [K, N] row-major, one scale per input feature
             dx = torch._scaled_mm(gq, wtq.t(), scale_a=gs, scale_b=wts.t(), out_dtype=torch.bfloat16)
         if ctx.needs_input_grad[1]:  # type: ignore[attr-defined]  # a frozen base weight (LoRA) needs none
+            xb = (saved[0].float() * saved[1]).to(torch.bfloat16) if len(saved) == 3 else saved[0]
             dw = (gy.t() @ xb).to(w.dtype)
-        return dx, dw, None
+        return dx, dw, None, None
 
 
 def float8_shape_ok(m: int, k: int, n: int) -> bool:
@@ -73,19 +83,22 @@ class Float8Linear(nn.Linear):
     for shapes float8 GEMMs do not take."""
 
     fast_accum: bool = True  # set per module by convert_to_float8
+    save_fp8: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, k = x.shape[:-1], x.shape[-1]
         m = x.numel() // max(1, k)
         if self.bias is not None or not float8_shape_ok(m, k, self.out_features):
             return super().forward(x)
-        return _Float8Matmul.apply(x.reshape(m, k), self.weight, self.fast_accum).view(*lead, self.out_features)
+        return _Float8Matmul.apply(x.reshape(m, k), self.weight, self.fast_accum, self.save_fp8).view(*lead, self.out_features)
 
 
-def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), fast_accum: bool = True) -> int:
+def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), fast_accum: bool = True,
+                      save_fp8: bool = False) -> int:
     """Turn every bias-free `nn.Linear` except those named in `skip` and LoRA's low-rank adapters
     (too narrow to gain) into a `Float8Linear` in place (the class changes, the parameters stay);
-    returns how many. `fast_accum`: Hopper's reduced-precision accumulation in the forward GEMM."""
+    returns how many. `fast_accum`: Hopper's reduced-precision accumulation in the forward GEMM;
+    `save_fp8`: keep x for the weight gradient in float8 (recipe fused_lowmem)."""
     n = 0
     for name, mod in model.named_modules():
         parts = name.split(".")
@@ -94,5 +107,6 @@ def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), fa
         if type(mod) is nn.Linear and mod.bias is None and parts[-1] not in skip:
             mod.__class__ = Float8Linear
             mod.fast_accum = fast_accum
+            mod.save_fp8 = save_fp8
             n += 1
     return n
