@@ -39,6 +39,7 @@ from train_throughput import make_rows, matmul_rate  # noqa: E402  (the same row
 
 from hrm_text.model.attention import attention, build_prefix_lm_mask  # noqa: E402
 from hrm_text.model.layers import Block, RotaryEmbedding  # noqa: E402
+from hrm_text.train.fp8 import FUSED_RECIPES, convert_to_float8  # noqa: E402
 
 H, D, HIDDEN, INTER = 12, 128, 1536, 4096
 NOGRAD_CALLS, RECORDED_CALLS, LAYERS_PER_CALL = 3, 5, 16
@@ -212,10 +213,8 @@ def section_block(rows: dict[str, torch.Tensor], reps: int, all_variants: bool =
             for m in blk.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
-            if fp8 in ("fused", "fused_precise", "fused_lowmem"):
-                from hrm_text.train.fp8 import convert_to_float8
-
-                convert_to_float8(blk, fast_accum=fp8 != "fused_precise", save_fp8=fp8 == "fused_lowmem")
+            if fp8 in FUSED_RECIPES:
+                convert_to_float8(blk, **FUSED_RECIPES[fp8])
             elif fp8:
                 from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 

@@ -28,6 +28,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+# Our recipes (train.fp8_recipe) as convert_to_float8's switches; torchao's are handled in train/step.py.
+FUSED_RECIPES: dict[str, dict[str, bool]] = {
+    "fused": {"fast_accum": True, "save_fp8": False},
+    "fused_precise": {"fast_accum": False, "save_fp8": False},
+    "fused_lowmem": {"fast_accum": True, "save_fp8": True},
+}
+
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = float(torch.finfo(E4M3).max)  # 448
 
@@ -68,6 +75,7 @@ class _Float8Matmul(torch.autograd.Function):
             wtq, wts = quantize_rows(w.t().contiguous())  # [K, N] row-major, one scale per input feature
             dx = torch._scaled_mm(gq, wtq.t(), scale_a=gs, scale_b=wts.t(), out_dtype=torch.bfloat16)
         if ctx.needs_input_grad[1]:  # type: ignore[attr-defined]  # a frozen base weight (LoRA) needs none
+            # (xq, xs, w) under save_fp8: dequantize x for the bf16 GEMM; else (x in bf16, w)
             xb = (saved[0].float() * saved[1]).to(torch.bfloat16) if len(saved) == 3 else saved[0]
             dw = (gy.t() @ xb).to(w.dtype)
         return dx, dw, None, None

@@ -25,7 +25,7 @@ from hrm_text.config import FP8_RECIPES, ConfigError, TrainConfig
 from hrm_text.data.batch import PackedBatch
 from hrm_text.model.attention import backend_unavailable
 from hrm_text.model.lm import HRMTextLM, LossOutput
-from hrm_text.train.fp8 import convert_to_float8
+from hrm_text.train.fp8 import FUSED_RECIPES, convert_to_float8
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ def apply_fp8(model: HRMTextLM, recipe: str = "fused") -> int:
         raise ConfigError(f"train.fp8_recipe={recipe!r} is not one of {', '.join(FP8_RECIPES)}")
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
         raise ConfigError("train.fp8=true needs a GPU with float8 matmuls (compute capability 8.9+: H100, H200, L40S, ...)")
-    if recipe.startswith("fused"):  # ours: fused, fused_precise, fused_lowmem
-        return convert_to_float8(model, fast_accum=recipe != "fused_precise", save_fp8=recipe == "fused_lowmem")
+    if recipe in FUSED_RECIPES:  # ours
+        return convert_to_float8(model, **FUSED_RECIPES[recipe])
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training  # optional extra `fp8`
     except ImportError as e:
