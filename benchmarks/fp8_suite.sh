@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call (about 9-10 minutes on an H100) for issue 10's open float8 and attention
 # questions, most valuable first; each part has its own time limit and writes its own folder:
-#   parts   one XL-width block: bf16 and our three fused float8 recipes (time, saved activations)
+#   parts   one XL-width block: bf16, fp8 fused and fp8 fused_lowmem (time, saved activations)
 #   xl      full XL, K = 5, 12,288-token rows: fp8 + recompute_calls=1 (the measured fit) against
 #           fused_lowmem without recompute (does it fit 80 GB, and how fast?)
 #   cudnn   the cuDNN attention probe, each variant in its own process (a faulting kernel poisons
@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site; fi
 PARTS_S=${PARTS_S:-90} XL_S=${XL_S:-250} CUDNN_S=${CUDNN_S:-45} CURVE_S=${CURVE_S:-150}
 timeout "$PARTS_S" python3 benchmarks/step_parts.py --only block --block-variant "flex, bf16" \
-  --block-variant "flex, fp8 fused" --out "$OUT/parts" 2>&1 | grep -v Warning | tail -8
+  --block-variant "flex, fp8 fused (ours)" --block-variant "flex, fp8 fused_lowmem" --out "$OUT/parts" 2>&1 | grep -v Warning | tail -8
 timeout "$XL_S" python3 benchmarks/train_throughput.py --preset XL --tokens 12288 --K 5 --steps 5 \
   --variant fp8r1:fp8=true,recompute_calls=1 --variant lowmem:fp8=true,fp8_recipe=fused_lowmem \
   --variant lowmem_r1:fp8=true,fp8_recipe=fused_lowmem,recompute_calls=1 --variant-timeout 80 \
