@@ -30,7 +30,7 @@ import torch
 from hrm_text.config import InferConfig
 from hrm_text.infer.decode_attention import fused_decode_available
 from hrm_text.infer.decode_block import BlockFn, CompiledDecodeBlock, decode_hidden, eager_block
-from hrm_text.infer.sampling import draw_uniforms, sample
+from hrm_text.infer.sampling import draw_uniforms, sample, to_device
 from hrm_text.model.attention import AttnMask
 from hrm_text.model.lm import HRMTextLM
 from hrm_text.model.lora import has_lora
@@ -352,12 +352,12 @@ class Engine:
     def _choose(self, logits: torch.Tensor, reqs: Sequence[Request | None], gens: Sequence[torch.Generator | None]) -> torch.Tensor:
         """Next token of every row, on the device and without waiting for it: greedy rows (and rows
         without a request) by argmax, sampled rows in one batched draw (infer/sampling.py). Every
-        host-to-device copy here is non-blocking, so a pipelined step is not held up."""
+        host-to-device copy here goes through `to_device`, so a pipelined step is not held up."""
         lg = logits[:, : self.vocab]
         toks = lg.argmax(-1)
         samp = [j for j, req in enumerate(reqs) if req is not None and req.params.temperature > 0]
         if samp:
-            idx = torch.tensor(samp).to(lg.device, non_blocking=True)
+            idx = to_device(torch.tensor(samp), lg.device)
             ps = [reqs[j].params for j in samp]  # type: ignore[union-attr]
             drawn = sample(lg.index_select(0, idx), [q.temperature for q in ps], [q.top_k for q in ps],
                            [q.top_p for q in ps], draw_uniforms([gens[j] for j in samp], lg.device))

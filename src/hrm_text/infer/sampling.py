@@ -16,10 +16,20 @@ from typing import Sequence
 import torch
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A small host tensor on `device` without waiting for the device's queue. To CUDA it goes
+    through pinned memory: a copy from pageable memory first synchronizes the stream, which would
+    stall a pipelined decode step."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def draw_uniforms(gens: Sequence[torch.Generator | None], device: torch.device | str) -> torch.Tensor:
     """One uniform in [0, 1) per row from its generator (None: the global RNG), as a [n] tensor."""
     u = torch.cat([torch.rand(1, generator=g) for g in gens]) if gens else torch.zeros(0)
-    return u.to(device, non_blocking=True)
+    return to_device(u, device)
 
 
 def sample(
@@ -36,7 +46,7 @@ def sample(
     dev = logits.device
     # the per-row settings in one host-to-device copy: [n, 3] = temperature, top-k (V when off), top-p
     rows = torch.tensor([[t, k if k > 0 else V, p] for t, k, p in zip(temperatures, top_ks, top_ps)], dtype=torch.float32)
-    t, k, p = rows.to(dev, non_blocking=True).unbind(-1)
+    t, k, p = to_device(rows, dev).unbind(-1)
     t, k, p = t[:, None], k[:, None], p[:, None]
     sv, si = torch.sort(logits.float() / t, dim=-1, descending=True)
     rank = torch.arange(V, device=dev)[None, :]

@@ -34,6 +34,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from hrm_text.config import ATTN_BACKENDS
+
 
 FLEX_BLOCK = 128  # FlexAttention's sparse block size: the granularity at which masked blocks are skipped
 
@@ -103,7 +105,7 @@ def build_prefix_lm_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor, backend
         if (why := backend_unavailable(backend, doc_ids.device)) is not None:
             raise RuntimeError(f"attn_backend={backend} {why}")
         return AttnMask(backend, varlen=varlen_info(doc_ids, is_prefix))
-    raise ValueError(f"unknown attention backend {backend!r}; choose auto, sdpa, flex, varlen or fa3")
+    raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(ATTN_BACKENDS)}")
 
 
 def _flex_block_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> Any:
