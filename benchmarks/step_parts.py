@@ -107,6 +107,7 @@ def section_attention(rows: dict[str, torch.Tensor], reps: int, only_variants: l
              "bwd_num_warps": 8, "bwd_num_stages": 3})),
         ("flex fwd 128x128 w8 s2 (TMA)", "flex", flex_with(
             {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 128, "fwd_num_warps": 8, "fwd_num_stages": 2, "USE_TMA": True})),
+        ("flex_fa4 (flex on FlashAttention-4 CuTe kernels)", "flex_fa4", attention),
         ("varlen (torch FA2, two calls)", "varlen", attention),
         ("cudnn (two ragged calls)", "cudnn", attention),
         ("cudnn (two ragged calls), exact max lengths", "cudnn", _exact_max(attention)),

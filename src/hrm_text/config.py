@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 # Each set of choices is written once, as the field's type; the tuples are derived for checks and messages.
 Arch = Literal["hrm", "transformer", "looped", "trm", "rins"]
-AttnBackend = Literal["auto", "sdpa", "flex", "varlen", "fa3"]
+AttnBackend = Literal["auto", "sdpa", "flex", "flex_fa4", "varlen", "fa3"]
 Fp8Recipe = Literal["fused", "fused_precise", "fused_lowmem", "rowwise", "tensorwise", "rowwise_with_gw_hp"]  # train/step.py
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 ARCHS: tuple[str, ...] = get_args(Arch)

@@ -12,6 +12,8 @@ the softmax is empty (padding shares doc id -1 and is causal among itself).
 Backends:
   sdpa  explicit boolean mask [B, 1, T, T]; CPU, MPS and small runs; also KV-cache decoding.
   flex  FlexAttention BlockMask built once per batch; CUDA training. Skips fully masked blocks.
+  flex_fa4  the same BlockMask on FlexAttention's FlashAttention-4 backend (`BACKEND="FLASH"`:
+        CuTe DSL kernels JIT-built for the mask, sm90+), if the `flash-attn-4` package imports.
   varlen  PyTorch's built-in FlashAttention-2 varlen kernels (`torch.nn.attention.varlen`, CUDA
         sm80+): two calls per layer, instruction queries non-causal over instruction keys,
         response queries causal with bottom-right alignment over the whole example. Computes only
@@ -28,6 +30,7 @@ Backends:
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -47,6 +50,7 @@ class AttnMask:
     kind: str  # "sdpa" | "flex" | "varlen" | "fa3" | "cudnn"
     dense: torch.Tensor | None = None  # [B, 1, Tq, Tk] bool, True = may attend
     block_mask: Any = None  # torch.nn.attention.flex_attention.BlockMask
+    flex_options: dict[str, Any] | None = None  # flex's kernel_options (backend flex_fa4: BACKEND=FLASH)
     varlen: "VarlenInfo | None" = None
 
 
@@ -99,8 +103,11 @@ def build_prefix_lm_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor, backend
         backend = default_backend(doc_ids.device)
     if backend == "sdpa":
         return AttnMask("sdpa", dense=dense_prefix_lm_mask(doc_ids, is_prefix))
-    if backend == "flex":
-        return AttnMask("flex", block_mask=_flex_block_mask(doc_ids, is_prefix))
+    if backend in ("flex", "flex_fa4"):
+        if (why := backend_unavailable(backend, doc_ids.device)) is not None:
+            raise RuntimeError(f"attn_backend={backend} {why}")
+        return AttnMask("flex", block_mask=_flex_block_mask(doc_ids, is_prefix),
+                        flex_options=dict(FLEX_FA4_OPTIONS) if backend == "flex_fa4" else None)
     if backend in ("fa3", "varlen", "cudnn"):
         if (why := backend_unavailable(backend, doc_ids.device)) is not None:
             raise RuntimeError(f"attn_backend={backend} {why}")
@@ -296,6 +303,18 @@ def _cudnn_prefix_lm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, info: Va
     return _heads_first(out, B, T)
 
 
+FLEX_FA4_OPTIONS: dict[str, Any] = {"BACKEND": "FLASH"}  # flex's FlashAttention-4 (CuTe DSL) kernels
+
+
+def flex_fa4_available() -> bool:
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
+        return False
+    try:  # find_spec, not import: importing the CuTe DSL runtime takes seconds
+        return importlib.util.find_spec("flash_attn.cute") is not None
+    except ImportError:  # no flash_attn package at all
+        return False
+
+
 def cudnn_available() -> bool:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
         return False
@@ -319,6 +338,9 @@ def backend_unavailable(backend: str, device: torch.device) -> str | None:
         return "needs a CUDA GPU (sm80+) and torch.nn.attention.varlen (torch >= 2.9); use auto, flex or sdpa"
     if backend == "fa3" and not (device.type == "cuda" and fa3_available()):
         return "needs an sm90 GPU and the flash_attn_interface (FlashAttention 3) module; use auto or flex"
+    if backend == "flex_fa4" and not (device.type == "cuda" and flex_fa4_available()):
+        return ("needs an sm90+ GPU and the flash-attn-4 package (flash_attn.cute, CuTe DSL); "
+                "use auto or flex")
     if backend == "cudnn" and not (device.type == "cuda" and cudnn_available()):
         return "needs a CUDA GPU (sm80+) with cuDNN attention; use auto, flex or sdpa"
     return None
@@ -339,8 +361,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask)
         if torch.compiler.is_compiling():  # already inside a compiled region (e.g. a compiled block)
             from torch.nn.attention.flex_attention import flex_attention
 
-            return flex_attention(q, k, v, block_mask=mask.block_mask)
-        return _compiled_flex()(q, k, v, block_mask=mask.block_mask)
+            return flex_attention(q, k, v, block_mask=mask.block_mask, kernel_options=mask.flex_options)
+        return _compiled_flex()(q, k, v, block_mask=mask.block_mask, kernel_options=mask.flex_options)
     if mask.kind in ("fa3", "varlen", "cudnn"):
         assert mask.varlen is not None
         return _varlen_attention(q, k, v, mask.varlen, mask.kind)
