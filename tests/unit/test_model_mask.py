@@ -203,3 +203,25 @@ def test_flex_block_tables_match_create_block_mask(seed):
         warnings.simplefilter("ignore")  # flex without compile (CPU) warns: the unfused reference path
         out = flex_attention(q, k, v, block_mask=got)
     assert torch.allclose(out, dense, atol=1e-10)
+
+
+def test_flex_fa4_is_refused_clearly_without_its_kernels(monkeypatch):
+    """attn_backend=flex_fa4 (flex on FlashAttention-4) names what it needs where it cannot run, in
+    the mask builder and in the trainer's start-up check; where it can, its mask is flex's with
+    BACKEND=FLASH, and attention() hands those options to flex."""
+    import hrm_text.model.attention as attn
+
+    batch = pack_rows([[([5] * 3, [6] * 2)]], 8)
+    why = attn.backend_unavailable("flex_fa4", torch.device("cpu"))
+    assert why is not None and "flash-attn-4" in why and "sm90" in why
+    with pytest.raises(RuntimeError, match="attn_backend=flex_fa4 needs an sm90"):
+        build_prefix_lm_mask(batch.doc_ids, batch.is_prefix, "flex_fa4")
+    assert build_prefix_lm_mask(batch.doc_ids, batch.is_prefix, "flex").flex_options is None
+
+    monkeypatch.setattr(attn, "backend_unavailable", lambda backend, device: None)
+    mask = build_prefix_lm_mask(batch.doc_ids, batch.is_prefix, "flex_fa4")
+    assert (mask.kind, mask.flex_options) == ("flex", {"BACKEND": "FLASH"})
+    seen = {}
+    monkeypatch.setattr(attn, "_compiled_flex", lambda: lambda q, k, v, **kw: seen.update(kw) or q)
+    attn.attention(*(torch.zeros(1, 1, 8, 4) for _ in range(3)), mask)
+    assert seen["kernel_options"] == {"BACKEND": "FLASH"} and seen["block_mask"] is mask.block_mask
