@@ -45,8 +45,9 @@ run)
   cat "$STASH"/big.part.aa "$DIR"/big.part.ab > "$big"
   sums=$(realpath "$DIR/SHA256SUMS")
   (cd /tmp/fa4_whl && sha256sum -c "$sums") || { echo "the joined wheel does not match its checksum" | tee -a "$OUT/gpu.txt"; exit 3; }
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/fa4site /tmp/fa4_whl/*.whl || exit 4
-  export PYTHONPATH=$PYTHONPATH:/tmp/fa4site
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/fa4site /tmp/fa4_whl/*.whl || exit 4
+  # pip --target skips .pth files; nvidia-cutlass-dsl's puts its dsl_packages folder (`cutlass`) on the path
+  export PYTHONPATH=$PYTHONPATH:/tmp/fa4site:/tmp/fa4site/nvidia_cutlass_dsl/dsl_packages
   python3 -c "import flash_attn.cute, cutlass, importlib.metadata as m; print('flash-attn-4', m.version('flash-attn-4'), 'cutlass-dsl', m.version('nvidia-cutlass-dsl'), 'cuda-bindings', m.version('cuda-bindings'))" 2>&1 | tail -3 | tee -a "$OUT/gpu.txt"
   ATT_S=${ATT_S:-180} XL_S=${XL_S:-330}
   limit() { if [ "$1" -gt 0 ]; then timeout "$@"; else echo "skipped (limit 0): ${*:2:3}"; fi; }

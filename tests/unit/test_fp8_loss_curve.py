@@ -55,3 +55,25 @@ def test_variants_parse_and_refuse_a_second_reference():
         "bf16": ["train.fp8=false"], "fp8p": ["train.fp8=true", "train.fp8_recipe=fused_precise"]}
     with pytest.raises(SystemExit, match="bf16"):
         flc.parse_variants(["bf16:lr=1e-3"])
+
+
+def test_bf16_replica_gap_is_reported_beside_the_literal_check(tmp_path):
+    """An earlier call's bf16 curves give bf16's own call-to-call gap; a float8 gap no larger than it
+    is reported as such, while `passed` stays the literal 1% check."""
+    bf16 = {0: curve(1.0), 1: curve(1.1)}
+    old = {0: curve(1.0, bump_at=50, bump=0.02), 1: curve(1.1, bump_at=50, bump=0.02)}  # 2% apart at step 50
+    report = {"curves": {"bf16": {str(s): [[k, c[k]] for k in sorted(c)] for s, c in old.items()}}}
+    path = tmp_path / "old.json"
+    path.write_text(__import__("json").dumps(report))
+    replica = flc.read_curves(path)
+    assert replica == old
+    fp8 = {0: curve(1.015), 1: curve(1.115)}  # 1.5% off everywhere: fails 1%, inside the 2% floor
+    far = {0: curve(1.03), 1: curve(1.13)}
+    rep = flc.analyse({"bf16": bf16, "fp8": fp8, "far": far}, skip=0, window=2, tol=0.01, replica=replica)
+    assert rep["bf16_replica"]["max_abs_rel_diff"] == pytest.approx(0.02 / 1.02) and rep["bf16_replica"]["at_step"] == 50
+    assert rep["passed"] == {"fp8": False, "far": False}
+    assert rep["within_bf16_replica_gap"] == {"fp8": True, "far": False}
+    assert "bf16_replica" not in flc.analyse({"bf16": bf16, "fp8": fp8}, skip=0, window=2, tol=0.01)
+    path.write_text("{}")
+    with pytest.raises(SystemExit, match="not a report of this script"):
+        flc.read_curves(path)
