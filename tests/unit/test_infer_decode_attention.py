@@ -95,3 +95,26 @@ def test_engine_fused_matches_unfused_greedy():
     gemv_engine = Engine(model, eoa_id=299, max_batch=3, max_len=128, gemv_rows=8)
     assert gemv_engine._gemv
     assert greedy(gemv_engine, prompts, 12) == plain
+
+
+@cuda_triton
+@pytest.mark.gpu
+def test_engine_sampled_rows_on_cuda():
+    """The sampled path on the GPU (its host-to-device copies go through pinned memory,
+    infer/sampling.to_device): top_k = 1 draws the greedy token, and a seeded request gives the same
+    tokens alone and beside other requests."""
+    from hrm_text.infer.engine import Request, SamplingParams
+
+    torch.manual_seed(0)
+    model = HRMTextLM(model_config("tiny", vocab_size=300)).cuda().eval()
+    prompts = [[5, 17, 42, 99, 7, 3], [1, 2, 3], [9] * 70]
+    engine = Engine(model, eoa_id=299, max_batch=3, max_len=128)
+    plain = greedy(engine, prompts, 12)
+    top1 = engine.generate([Request(p, SamplingParams(max_tokens=12, temperature=1.0, top_k=1, seed=i), i)
+                            for i, p in enumerate(prompts)])
+    assert [r.token_ids for r in sorted(top1, key=lambda r: r.request_id)] == plain
+    seeded = SamplingParams(max_tokens=12, temperature=1.0, seed=7)
+    alone = engine.generate([Request(prompts[0], seeded, 0)])[0].token_ids
+    mixed = engine.generate([Request(prompts[1], SamplingParams(max_tokens=5, temperature=0.8, seed=1), 1),
+                             Request(prompts[0], seeded, 0), Request(prompts[2], SamplingParams(max_tokens=9), 2)])
+    assert next(r.token_ids for r in mixed if r.request_id == 0) == alone
