@@ -14,10 +14,12 @@ weight gradient in bf16 avoids the column-wise casts of x and dy over the token 
 cost more than their GEMM saves at these widths (docs/PERFORMANCE.md). torchao's recipes
 (`train.fp8_recipe=rowwise` or `tensorwise`) stay available for comparison.
 
-Variants: `fused_precise` turns off Hopper's fast accumulation in the forward GEMM (same speed,
-docs/PERFORMANCE.md). `fused_lowmem` saves the float8 x and its row scales for the weight
-gradient instead of the bf16 x: half the memory of the projections' saved inputs, and the weight
-gradient then sees x rounded to float8 (as torchao's rowwise recipe does), dequantized to bf16.
+Variants: `fused_lowmem` (the default of `train.fp8=true`) saves the float8 x and its row scales
+for the weight gradient instead of the bf16 x: half the memory of the projections' saved inputs,
+and the weight gradient then sees x rounded to float8 (as torchao's rowwise recipe does),
+dequantized to bf16. It is what fits the paper recipe's 12,288-token rows on an 80 GB card
+without recomputation (docs/PERFORMANCE.md). `fused_precise` turns off Hopper's fast accumulation
+in the forward GEMM (same speed).
 
 The modules keep their class's parameters (`Float8Linear` is an `nn.Linear`), so state dicts,
 checkpoints and exports are unchanged.
