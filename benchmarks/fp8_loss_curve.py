@@ -21,7 +21,8 @@ anything about float8. At lr 3e-4 the runs reach a lower loss and agree far bett
 `--variant NAME:key=value,...` (train.* settings, repeatable) replaces the default set; bf16 always
 runs. `--bf16-replica OLD.json` (an earlier report of the same setup) adds bf16 against its own
 earlier curves, seed means against seed means: on the lent H100s that gap alone reached 1.6% at
-one logged step (docs/PERFORMANCE.md), the floor under which no float8 difference can be resolved. `--parallel N` trains N runs at once on the one GPU (losses do not depend on it).
+one logged step (docs/PERFORMANCE.md), the floor under which no float8 difference can be resolved.
+`--parallel N` trains N runs at once on the one GPU (losses do not depend on it).
 Writes OUT/fp8_loss_curve.json (after every finished run) and OUT/fp8_loss_curve.png.
 """
 
