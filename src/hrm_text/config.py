@@ -192,9 +192,9 @@ class TrainConfig:
     looped_bp_steps: int = 2  # looped: gradients through the last N of its looped_cycles calls
     rins_bp_steps: int = 4  # rins: the last N of its L calls (the H call is always recorded)
     # attention kernel for full sequences (training steps, held-out loss): auto = flex on CUDA,
-    # sdpa elsewhere; fa3 needs an sm90 GPU; varlen needs CUDA sm80+; flex_fa4 (flex on FlashAttention-4)
-    # needs sm90+ and the flash-attn-4 package. A run-time choice, not part
-    # of the weights (model/attention.py).
+    # sdpa elsewhere; fa3 needs an sm90 GPU; varlen needs CUDA sm80+; flex_fa4 (flex on
+    # FlashAttention-4) needs sm90+ and the flash-attn-4 package. A run-time choice, not part of
+    # the weights (model/attention.py).
     attn_backend: AttnBackend = "auto"
     # prefix_lm (docs/ARCHITECTURE.md#sequence-layout-and-objective), causal_response (causal mask, response loss) or causal_full (causal mask,
     # loss on every next token): the objective ablation of the paper's Table 3 (data.batch.apply_objective)

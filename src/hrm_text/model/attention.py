@@ -101,16 +101,14 @@ def build_prefix_lm_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor, backend
     """Build the PrefixLM mask for a packed batch once; pass the result to every attention call."""
     if backend == "auto":
         backend = default_backend(doc_ids.device)
+    if (why := backend_unavailable(backend, doc_ids.device)) is not None:
+        raise RuntimeError(f"attn_backend={backend} {why}")
     if backend == "sdpa":
         return AttnMask("sdpa", dense=dense_prefix_lm_mask(doc_ids, is_prefix))
     if backend in ("flex", "flex_fa4"):
-        if (why := backend_unavailable(backend, doc_ids.device)) is not None:
-            raise RuntimeError(f"attn_backend={backend} {why}")
         return AttnMask("flex", block_mask=_flex_block_mask(doc_ids, is_prefix),
                         flex_options=dict(FLEX_FA4_OPTIONS) if backend == "flex_fa4" else None)
     if backend in ("fa3", "varlen", "cudnn"):
-        if (why := backend_unavailable(backend, doc_ids.device)) is not None:
-            raise RuntimeError(f"attn_backend={backend} {why}")
         return AttnMask(backend, varlen=varlen_info(doc_ids, is_prefix))
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(ATTN_BACKENDS)}")
 

@@ -30,7 +30,7 @@ from hrm_text.train.fp8 import FUSED_RECIPES, convert_to_float8
 log = logging.getLogger(__name__)
 
 
-def apply_fp8(model: HRMTextLM, recipe: str = "fused") -> int:
+def apply_fp8(model: HRMTextLM, recipe: str = TrainConfig.fp8_recipe) -> int:
     """Swap the block projections to float8 training linears; returns how many. The head
     (65k-wide, run on labelled rows only by the fused loss) stays in bf16."""
     if recipe not in FP8_RECIPES:
