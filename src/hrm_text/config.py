@@ -209,6 +209,11 @@ class TrainConfig:
     # fused_precise: fused without Hopper's fast (reduced-precision) accumulation in the forward GEMM;
     # rowwise, tensorwise, rowwise_with_gw_hp: torchao's recipes (the `fp8` extra)
     fp8_recipe: Fp8Recipe = "fused_lowmem"
+    # our fused recipes on one process (ignored under FSDP and for torchao's recipes):
+    # quantize each block weight once per micro-step instead of at every call (+2 bytes per block
+    # parameter: 2 GB at XL), and add the weight gradients into .grad inside the GEMM (float32)
+    fp8_weight_cache: bool = True
+    fused_wgrad: bool = True
     activation_memory_budget: float = 1.0  # < 1: the compiler recomputes activations to save memory
     recompute_calls: int = 0  # first N recorded stack calls recomputed in backward (checkpointing)
     # FSDP2: free a block's gathered weights after each call (True) or keep them until backward

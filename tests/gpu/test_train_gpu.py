@@ -76,6 +76,31 @@ def test_compiled_step_matches_eager(recompute_calls: int) -> None:
     assert num / den < 2e-2, num / den
 
 
+@pytest.mark.parametrize("recipe", ["fused", "fused_lowmem"])
+def test_fp8_weight_cache_and_fused_wgrad_match_the_per_call_step(recipe: str) -> None:
+    """Compiled, as in training: weights quantized once per micro-step and weight gradients added
+    into .grad by the GEMM give the per-call step's loss and gradients (float32 GEMM output instead
+    of bf16: close, not equal), and the GEMM's float32 output path is the one taken."""
+    from hrm_text.train.fp8 import _gemm_out_dtype_ok
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 needs compute capability 8.9+")
+    assert _gemm_out_dtype_ok("cuda")  # bf16 x bf16 -> float32 (and in-place addmm) on this build
+    mcfg = model_config("S", vocab_size=4096, n_layers=4)
+    batch = _batch(2048, mcfg.vocab_size, 2).with_loss_index().to("cuda")
+    runs = []
+    for on in (False, True):
+        model = _prepared(mcfg, fp8=True, fp8_recipe=recipe, fp8_weight_cache=on, fused_wgrad=on)
+        out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)
+        runs.append((float(out.loss_sum), {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}))
+    (l0, g0), (l1, g1) = runs
+    assert abs(l1 - l0) / l0 < 1e-3, (l0, l1)
+    assert g1.keys() == g0.keys() and len(g0) == len(list(model.parameters()))
+    num = sum(float((g1[n] - g0[n]).norm() ** 2) for n in g0) ** 0.5
+    den = sum(float(g0[n].norm() ** 2) for n in g0) ** 0.5
+    assert num / den < 1e-2, num / den
+
+
 @pytest.mark.parametrize("recipe", ["fused", "fused_lowmem", "rowwise"])
 def test_fp8_step_runs_and_stays_close_to_bf16(recipe: str) -> None:
     if recipe not in FUSED_RECIPES:  # torchao's recipes

@@ -158,3 +158,88 @@ def test_lora_adapters_stay_plain_and_the_frozen_base_gets_no_weight_gradient():
     x = torch.randn(32, base.in_features, requires_grad=True)
     base(x).float().sum().backward()
     assert x.grad is not None and base.weight.grad is None
+
+
+def _tiny_step(save_fp8: bool, cache: bool, fuse: bool):
+    """One K = 5 HRM step of a tiny float8 model; returns (loss, {name: grad}, model)."""
+    from hrm_text.data.batch import pack_rows
+    from hrm_text.train.fp8 import enable_fused_wgrad, enable_weight_cache
+    from hrm_text.train.step import forward_backward
+
+    g = torch.Generator().manual_seed(0)
+    rows = [[(torch.randint(8, 512, (int(p),), generator=g).tolist(), torch.randint(8, 512, (int(r),), generator=g).tolist())
+             for p, r in ((20, 12), (9, 30), (25, 16))]]
+    batch = pack_rows(rows, 128).with_loss_index()
+    torch.manual_seed(0)
+    model = HRMTextLM(model_config("tiny", vocab_size=512, hidden_size=128, num_heads=2, head_dim=64))
+    convert_to_float8(model, save_fp8=save_fp8)
+    enable_weight_cache(model, cache)
+    enable_fused_wgrad(model, fuse)
+    out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), bf16=False)
+    return float(out.loss_sum), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, model
+
+
+@pytest.mark.parametrize("save_fp8", [False, True], ids=["fused", "fused_lowmem"])
+def test_weight_cache_and_fused_wgrad_give_the_same_step(save_fp8):
+    """Quantizing the weights once per micro-step and adding weight gradients straight into .grad
+    change where the work happens, not the result: same loss, same gradients, every parameter
+    that had a gradient still has one; the cache is gone after the step and never in the state dict."""
+    l0, g0, _ = _tiny_step(save_fp8, cache=False, fuse=False)
+    l1, g1, model = _tiny_step(save_fp8, cache=True, fuse=True)
+    assert l1 == l0
+    assert g1.keys() == g0.keys() and any(".layers.0.mlp.down_proj" in n for n in g1)
+    for n in g0:
+        assert torch.allclose(g1[n], g0[n], rtol=1e-5, atol=1e-7), (n, (g1[n] - g0[n]).abs().max())
+    mods = [m for m in model.modules() if isinstance(m, Float8Linear)]
+    assert mods and all(m.wcache is None and m.wcache_t is None for m in mods)  # dropped after the step
+    assert not any("wcache" in k for k in model.state_dict())
+
+
+def test_weight_cache_is_the_weights_quantized_both_ways():
+    from hrm_text.train.fp8 import cache_weights, enable_weight_cache
+
+    lin = nn.Linear(64, 32, bias=False)
+    convert_to_float8(nn.Sequential(lin))
+    assert cache_weights(lin) == 0  # not enabled: nothing cached
+    enable_weight_cache(lin)
+    assert cache_weights(lin) == 1
+    wq, ws = quantize_rows(lin.weight.detach())
+    wtq, wts = quantize_rows(lin.weight.detach().t().contiguous())
+    assert torch.equal(lin.wcache.float(), wq.float()) and torch.equal(lin.wcache_s, ws)
+    assert torch.equal(lin.wcache_t.float(), wtq.float()) and torch.equal(lin.wcache_ts, wts)
+    assert lin.wcache_t.is_contiguous() and lin.wcache_t.shape == (64, 32)
+
+
+def test_fused_wgrad_under_compile_reaches_the_parameters():
+    """The compiled backward must still run the accumulation (it returns nothing, so a compiler
+    could drop it) and hand it the parameter itself: gradients equal those of eager autograd."""
+    from hrm_text.train.fp8 import enable_fused_wgrad
+
+    def make() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(64, 128, bias=False), nn.SiLU(), nn.Linear(128, 64, bias=False))
+
+    ref, fused = make(), make()
+    convert_to_float8(ref)
+    convert_to_float8(fused)
+    enable_fused_wgrad(fused)
+    compiled = torch.compile(fused)
+    x = torch.randn(32, 64)
+    for net in (ref, compiled):
+        h = x
+        for _ in range(3):  # the same weights used three times, as HRM's calls do
+            h = h + net(h).float()
+        h.square().sum().backward()
+    for a, b in zip(ref.parameters(), fused.parameters()):
+        assert b.grad is not None
+        assert torch.allclose(b.grad, a.grad, rtol=1e-4, atol=1e-6), (b.grad - a.grad).abs().max()
+
+
+def test_fused_wgrad_refuses_a_tensor_that_is_not_the_parameter():
+    from hrm_text.train.fp8 import accumulate_wgrad
+
+    w = nn.Parameter(torch.randn(8, 4))
+    with pytest.raises(RuntimeError, match="needs the parameter itself"):
+        accumulate_wgrad(torch.randn(16, 8), torch.randn(16, 4), w * 2)
+    accumulate_wgrad(torch.randn(16, 8), torch.randn(16, 4), w)
+    assert w.grad is not None and w.grad.shape == (8, 4)

@@ -21,11 +21,26 @@ dequantized to bf16. It is what fits the paper recipe's 12,288-token rows on an 
 without recomputation (docs/PERFORMANCE.md). `fused_precise` turns off Hopper's fast accumulation
 in the forward GEMM (same speed).
 
+Two savings for a model that calls each block several times per step (HRM: every block 4 times,
+2-3 of them recorded for backward), both on by default on one GPU (`train.fp8_weight_cache`,
+`train.fused_wgrad`):
+- weight cache: `cache_weights(model)` quantizes every block weight once per micro-step (for the
+  forward GEMM, and transposed for the input-gradient GEMM) instead of at every call;
+  `drop_weight_cache(model)` releases it. One byte per element twice: 2 GB at XL.
+- fused weight-gradient accumulation: the weight-gradient GEMM adds its float32 result straight
+  into `weight.grad` (cuBLAS with beta = 1), as Megatron's gradient-accumulation fusion does,
+  instead of returning a bf16 gradient that autograd casts and then sums call by call. Autograd's
+  own accumulation (and its hooks) is bypassed for these weights, so it is for one process only:
+  under FSDP the gradients must go through FSDP's reduce-scatter hooks.
+
 The modules keep their class's parameters (`Float8Linear` is an `nn.Linear`), so state dicts,
-checkpoints and exports are unchanged.
+checkpoints and exports are unchanged (the cache is a non-persistent buffer).
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -48,18 +63,91 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (xf / s).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), s
 
 
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w [N, K] -> (wq, ws) scaled per output feature for the forward GEMM, and (wtq [K, N]
+    row-major, wts) scaled per input feature for the input-gradient GEMM."""
+    return (*quantize_rows(w), *quantize_rows(w.t().contiguous()))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_quantize_weight() -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+    # one fused pass per weight and direction instead of about five eager ones; a block has four
+    # weight shapes, so at most four small graphs
+    return torch.compile(quantize_weight, dynamic=False)
+
+
+# ---- fused weight-gradient accumulation ----------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _gemm_out_dtype_ok(device_type: str) -> bool:
+    """Whether this build's GEMMs take bf16 inputs into a float32 output (`out_dtype`), including
+    addmm in place (cuBLAS with beta = 1). CUDA only; elsewhere the result is cast and added."""
+    if device_type != "cuda":
+        return False
+    try:
+        a = torch.ones(16, 16, device=device_type, dtype=torch.bfloat16)
+        acc = torch.mm(a, a, out_dtype=torch.float32)
+        torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)
+        return bool(acc[0, 0].item() == 32.0)
+    except (RuntimeError, TypeError):
+        return False
+
+
+def _add_wgrad(w: torch.Tensor, gy: torch.Tensor, x: torch.Tensor) -> None:
+    """w.grad += gy.T @ x, accumulated in w's dtype (float32 master weights)."""
+    a, b, g = gy.t(), x, w.grad
+    if a.dtype != w.dtype and _gemm_out_dtype_ok(w.device.type):
+        if g is None:
+            w.grad = torch.mm(a, b, out_dtype=w.dtype)
+        else:
+            torch.addmm(g, a, b, out_dtype=g.dtype, out=g)  # beta = 1: the GEMM adds into the gradient
+        return
+    dw = (a @ b).to(w.dtype)  # as the unfused backward computes it
+    if g is None:
+        w.grad = dw
+    else:
+        g.add_(dw)
+
+
+@torch.library.custom_op("hrm_text::accumulate_wgrad", mutates_args=())
+def accumulate_wgrad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
+    """`w.grad += gy.T @ x` for the parameter w (a side effect on its `.grad`, made inside the
+    backward pass). An opaque op, so that the compiled backward calls it with the parameter itself."""
+    if not (w.is_leaf and w.requires_grad):
+        raise RuntimeError("fused weight-gradient accumulation needs the parameter itself "
+                           f"(got a non-leaf tensor of shape {tuple(w.shape)}); set train.fused_wgrad=false")
+    _add_wgrad(w, gy, x)
+
+
+@accumulate_wgrad.register_fake
+def _(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
+    return None
+
+
+# it returns nothing and declares no mutation: without this the compiler would drop it as dead code
+torch.fx.node.has_side_effect(torch.ops.hrm_text.accumulate_wgrad.default)
+
+
+# ---- the float8 projection ----------------------------------------------------------------------
+
+
 class _Float8Matmul(torch.autograd.Function):
-    """x [M, K] (any float dtype), w [N, K] -> x @ w.T in bf16; float8 forward and dgrad GEMMs."""
+    """x [M, K] (any float dtype), w [N, K] -> x @ w.T in bf16; float8 forward and dgrad GEMMs.
+    `wcache`: quantize_weight(w) of this micro-step, or empty (quantize here)."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, w: torch.Tensor,  # type: ignore[override]
-                fast_accum: bool = True, save_fp8: bool = False) -> torch.Tensor:
+                fast_accum: bool, save_fp8: bool, fuse_wgrad: bool, *wcache: torch.Tensor) -> torch.Tensor:
         xq, xs = quantize_rows(x.contiguous())
-        wq, ws = quantize_rows(w)
+        wq, ws = (wcache[0], wcache[1]) if wcache else quantize_rows(w)
+        wt = wcache[2:] if wcache else ()
+        ctx.fuse_wgrad = fuse_wgrad  # type: ignore[attr-defined]
+        ctx.n_wt = len(wt)  # type: ignore[attr-defined]
         if save_fp8:  # 1 byte per element for backward instead of 2
-            ctx.save_for_backward(xq, xs, w)
+            ctx.save_for_backward(*wt, xq, xs, w)
         else:
-            ctx.save_for_backward(x.to(torch.bfloat16), w)
+            ctx.save_for_backward(*wt, x.to(torch.bfloat16), w)
         # row-major A, column-major B (wq.t()); scales [M, 1] and [1, N]. Hopper's fast accumulation
         # (fewer bits in the running sum) as torchao's forward GEMM does; recipe fused_precise turns
         # it off. The input-gradient GEMM always accumulates precisely.
@@ -67,20 +155,26 @@ class _Float8Matmul(torch.autograd.Function):
                                 use_fast_accum=fast_accum)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, gy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         saved = ctx.saved_tensors  # type: ignore[attr-defined]
+        n_wt = ctx.n_wt  # type: ignore[attr-defined]
+        wt, saved = saved[:n_wt], saved[n_wt:]
         w = saved[-1]
         gy = gy.to(torch.bfloat16).contiguous()
         dx = dw = None
         if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
             gq, gs = quantize_rows(gy)
-            wtq, wts = quantize_rows(w.t().contiguous())  # [K, N] row-major, one scale per input feature
+            # [K, N] row-major, one scale per input feature
+            wtq, wts = wt if wt else quantize_rows(w.t().contiguous())
             dx = torch._scaled_mm(gq, wtq.t(), scale_a=gs, scale_b=wts.t(), out_dtype=torch.bfloat16)
         if ctx.needs_input_grad[1]:  # type: ignore[attr-defined]  # a frozen base weight (LoRA) needs none
             # (xq, xs, w) under save_fp8: dequantize x for the bf16 GEMM; else (x in bf16, w)
             xb = (saved[0].float() * saved[1]).to(torch.bfloat16) if len(saved) == 3 else saved[0]
-            dw = (gy.t() @ xb).to(w.dtype)
-        return dx, dw, None, None
+            if ctx.fuse_wgrad:  # type: ignore[attr-defined]
+                torch.ops.hrm_text.accumulate_wgrad(gy, xb, w)  # straight into w.grad
+            else:
+                dw = (gy.t() @ xb).to(w.dtype)
+        return (dx, dw, None, None, None) + (None,) * (len(ctx.needs_input_grad) - 5)  # type: ignore[attr-defined]
 
 
 def float8_shape_ok(m: int, k: int, n: int) -> bool:
@@ -94,13 +188,29 @@ class Float8Linear(nn.Linear):
 
     fast_accum: bool = True  # set per module by convert_to_float8
     save_fp8: bool = False
+    fuse_wgrad: bool = False  # set by enable_fused_wgrad
+    cache_on: bool = False  # set by enable_weight_cache: cache_weights quantizes this one
+    wcache: torch.Tensor | None  # buffers set by cache_weights: wq, ws, wtq, wts (None: no cache)
+    wcache_s: torch.Tensor | None
+    wcache_t: torch.Tensor | None
+    wcache_ts: torch.Tensor | None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, k = x.shape[:-1], x.shape[-1]
         m = x.numel() // max(1, k)
         if self.bias is not None or not float8_shape_ok(m, k, self.out_features):
             return super().forward(x)
-        return _Float8Matmul.apply(x.reshape(m, k), self.weight, self.fast_accum, self.save_fp8).view(*lead, self.out_features)
+        cached = () if self.wcache is None else (self.wcache, self.wcache_s, self.wcache_t, self.wcache_ts)
+        fuse = self.fuse_wgrad and torch.is_grad_enabled() and self.weight.requires_grad
+        y = _Float8Matmul.apply(x.reshape(m, k), self.weight, self.fast_accum, self.save_fp8, fuse, *cached)
+        return y.view(*lead, self.out_features)
+
+
+_CACHE_NAMES = ("wcache", "wcache_s", "wcache_t", "wcache_ts")
+
+
+def float8_modules(model: nn.Module) -> list[Float8Linear]:
+    return [m for m in model.modules() if isinstance(m, Float8Linear)]
 
 
 def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), fast_accum: bool = True,
@@ -118,5 +228,46 @@ def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), fa
             mod.__class__ = Float8Linear
             mod.fast_accum = fast_accum
             mod.save_fp8 = save_fp8
+            for b in _CACHE_NAMES:  # non-persistent: never in a state dict or checkpoint
+                mod.register_buffer(b, None, persistent=False)
             n += 1
     return n
+
+
+def enable_fused_wgrad(model: nn.Module, on: bool = True) -> int:
+    """Accumulate the float8 projections' weight gradients straight into `.grad` (one process only:
+    autograd's accumulation and its hooks are bypassed). Returns how many modules."""
+    mods = float8_modules(model)
+    for m in mods:
+        m.fuse_wgrad = on
+    return len(mods)
+
+
+def enable_weight_cache(model: nn.Module, on: bool = True) -> int:
+    """Let `cache_weights` quantize these float8 projections once per micro-step. Returns how many."""
+    mods = float8_modules(model)
+    for m in mods:
+        m.cache_on = on
+    return len(mods)
+
+
+def cache_weights(model: nn.Module) -> int:
+    """Quantize the weight of every float8 projection enabled by `enable_weight_cache` once for the
+    coming forward and backward (HRM calls each block several times per step); returns how many.
+    Call again after the weights change, and `drop_weight_cache` before anything else runs the
+    model (evaluation, the EMA swap): a stale cache would compute with old weights."""
+    mods = [m for m in float8_modules(model) if m.cache_on]
+    if not mods:
+        return 0
+    quant = _compiled_quantize_weight() if mods[0].weight.is_cuda else quantize_weight
+    with torch.no_grad():
+        for m in mods:
+            for name, t in zip(_CACHE_NAMES, quant(m.weight)):
+                setattr(m, name, t)
+    return len(mods)
+
+
+def drop_weight_cache(model: nn.Module) -> None:
+    for m in float8_modules(model):
+        for name in _CACHE_NAMES:
+            setattr(m, name, None)

@@ -8,7 +8,9 @@ The speed levers live here, each a `train.*` setting (docs/PERFORMANCE.md has th
   since dynamo treats their parameters as inputs, so compile time does not grow with depth.
 - `fp8` (+ `fp8_recipe`): float8 training of the block projections (train/fp8.py: float8 forward
   and input-gradient GEMMs, row-wise scales whose casts fuse into the neighbouring kernels under
-  compile; or one of torchao's recipes). The output head stays bf16.
+  compile; or one of torchao's recipes). The output head stays bf16. With our recipes on one
+  process, `fp8_weight_cache` quantizes each weight once per micro-step, not at each of HRM's
+  calls, and `fused_wgrad` adds weight gradients into `.grad` inside the GEMM.
 - `activation_memory_budget` < 1: inductor's partitioner recomputes the cheapest activations in
   the backward until the saved ones fit that fraction (pointwise work first).
 - `recompute_calls` = N: the first N recorded stack calls keep only their input and run again in
@@ -25,7 +27,8 @@ from hrm_text.config import FP8_RECIPES, ConfigError, TrainConfig
 from hrm_text.data.batch import PackedBatch
 from hrm_text.model.attention import backend_unavailable
 from hrm_text.model.lm import HRMTextLM, LossOutput
-from hrm_text.train.fp8 import FUSED_RECIPES, convert_to_float8
+from hrm_text.train.fp8 import (FUSED_RECIPES, cache_weights, convert_to_float8, drop_weight_cache,
+                                enable_fused_wgrad, enable_weight_cache)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,11 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
     if t.fp8:
         n = apply_fp8(model, t.fp8_recipe)
         log.info("float8 training (recipe %s) on %d block projections", t.fp8_recipe, n)
+        if t.fp8_recipe in FUSED_RECIPES:
+            # both bypass a per-call path that FSDP2 relies on (its gathered weights; its gradient hooks)
+            one_process = not _sharded(model)
+            enable_weight_cache(model, t.fp8_weight_cache and one_process)
+            enable_fused_wgrad(model, t.fused_wgrad and one_process)
     if t.activation_memory_budget < 1.0:
         import torch._functorch.config as functorch_config  # private knob of the min-cut partitioner
 
@@ -71,12 +79,22 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
             blk.compile()
 
 
+def _sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor  # lazy: only asked once, when preparing a model
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
 def forward_backward(
     model: HRMTextLM, batch: PackedBatch, K: int, denom: torch.Tensor | float,
     bf16: bool, recompute_calls: int = 0,
 ) -> LossOutput:
     """Loss of one micro-batch, backward of loss / denom; returns the detached statistics."""
-    with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = model.loss(batch, bp_steps=K, remat_calls=recompute_calls)
-    (out.loss_sum / denom).backward()
+    cache_weights(model)  # float8 weights quantized once for this micro-step (if enabled)
+    try:
+        with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model.loss(batch, bp_steps=K, remat_calls=recompute_calls)
+        (out.loss_sum / denom).backward()
+    finally:  # the weights change next: nothing may compute with this copy
+        drop_weight_cache(model)
     return LossOutput(out.loss_sum.detach(), out.num_tokens, out.num_correct.detach())
