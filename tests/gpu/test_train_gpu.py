@@ -81,16 +81,22 @@ def test_fp8_weight_cache_and_fused_wgrad_match_the_per_call_step(recipe: str) -
     """Compiled, as in training: weights quantized once per micro-step and weight gradients added
     into .grad by the GEMM give the per-call step's loss and gradients (float32 GEMM output instead
     of bf16: close, not equal), and the GEMM's float32 output path is the one taken."""
-    from hrm_text.train.fp8 import _gemm_out_dtype_ok
+    from hrm_text.model.loss import gemm_out_dtype_ok
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("float8 needs compute capability 8.9+")
-    assert _gemm_out_dtype_ok("cuda")  # bf16 x bf16 -> float32 (and in-place addmm) on this build
+    assert gemm_out_dtype_ok("cuda")  # bf16 x bf16 -> float32 (and in-place addmm) on this build
     mcfg = model_config("S", vocab_size=4096, n_layers=4)
     batch = _batch(2048, mcfg.vocab_size, 2).with_loss_index().to("cuda")
     runs = []
     for on in (False, True):
         model = _prepared(mcfg, fp8=True, fp8_recipe=recipe, fp8_weight_cache=on, fused_wgrad=on)
+        forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)
+        g = torch.Generator(device="cuda").manual_seed(1)
+        with torch.no_grad():  # the weights change in place, as an optimizer step does: the cache must follow
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, device="cuda", generator=g) * 0.1 * p.std())
+                p.grad = None
         out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)
         runs.append((float(out.loss_sum), {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}))
     (l0, g0), (l1, g1) = runs

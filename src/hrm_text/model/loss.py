@@ -9,7 +9,8 @@ unlabelled positions (about half of a packed instruction row) and the float32 lo
 would otherwise keep alive until the backward (12,288 x 65,536 x 10 bytes = 8 GB at XL).
 
 Arithmetic: the matmuls run in `compute_dtype` (bf16 under autocast); log-sum-exp, the softmax
-and the loss are float32; the head's gradient is accumulated in float32 across chunks.
+and the loss are float32; the head's gradient is accumulated in float32 across chunks (on CUDA
+inside the GEMM: `matmul_accumulate`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,34 @@ import torch
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)  # float32, or float64 for float64 inputs
+
+
+@functools.lru_cache(maxsize=None)
+def gemm_out_dtype_ok(device_type: str) -> bool:
+    """Whether this build's GEMMs take bf16 inputs into a float32 output (`out_dtype`), including
+    addmm in place (cuBLAS with beta = 1). CUDA only."""
+    if device_type != "cuda":
+        return False
+    try:
+        a = torch.ones(16, 16, device=device_type, dtype=torch.bfloat16)
+        acc = torch.mm(a, a, out_dtype=torch.float32)
+        torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)
+        return bool(acc[0, 0].item() == 32.0)
+    except (RuntimeError, TypeError):
+        return False
+
+
+def matmul_accumulate(acc: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`acc + a @ b` in `dtype`, into `acc` in place (a new tensor when acc is None). On CUDA with
+    lower-precision inputs the GEMM writes `dtype` itself and adds into acc (cuBLAS, beta = 1): no
+    rounded product, no cast pass, no separate add. Elsewhere the product is rounded to a's dtype,
+    cast and added, which is what autograd's own accumulation computes."""
+    if a.dtype != dtype and gemm_out_dtype_ok(a.device.type):
+        if acc is None:
+            return torch.mm(a, b, out_dtype=dtype)
+        return torch.addmm(acc, a, b, out_dtype=dtype, out=acc)
+    prod = (a @ b).to(dtype)
+    return prod if acc is None else acc.add_(prod)
 
 
 def _chunk_stats_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -82,7 +111,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         chunk = ctx.chunk
         grad_h = torch.empty_like(hc) if ctx.needs_input_grad[0] else None
         sd = lse.dtype
-        grad_w = torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, sd)) if ctx.needs_input_grad[1] else None
+        grad_w: torch.Tensor | None = None  # float32, from the first chunk on
         g = grad_loss.to(sd)
         dlogits_fn = _maybe_compiled("dlogits", hc.device)
         for s in range(0, hc.shape[0], chunk):
@@ -90,8 +119,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             dlogits = dlogits_fn(h_c @ wc.t(), lse[s : s + chunk], targets[s : s + chunk], g)
             if grad_h is not None:
                 grad_h[s : s + chunk] = dlogits @ wc
-            if grad_w is not None:
-                grad_w += (dlogits.t() @ h_c).to(grad_w.dtype)
+            if ctx.needs_input_grad[1]:
+                grad_w = matmul_accumulate(grad_w, dlogits.t(), h_c, torch.promote_types(weight.dtype, sd))
         return (
             None if grad_h is None else grad_h.to(ctx.h_dtype),
             None if grad_w is None else grad_w.to(weight.dtype),

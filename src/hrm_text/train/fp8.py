@@ -40,10 +40,14 @@ checkpoints and exports are unchanged (the cache is a non-persistent buffer).
 from __future__ import annotations
 
 import functools
+import weakref
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
+
+from hrm_text.model.loss import matmul_accumulate
 
 # Our recipes (train.fp8_recipe) as convert_to_float8's switches; torchao's are handled in train/step.py.
 FUSED_RECIPES: dict[str, dict[str, bool]] = {
@@ -79,37 +83,6 @@ def _compiled_quantize_weight() -> Callable[[torch.Tensor], tuple[torch.Tensor, 
 # ---- fused weight-gradient accumulation ----------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def _gemm_out_dtype_ok(device_type: str) -> bool:
-    """Whether this build's GEMMs take bf16 inputs into a float32 output (`out_dtype`), including
-    addmm in place (cuBLAS with beta = 1). CUDA only; elsewhere the result is cast and added."""
-    if device_type != "cuda":
-        return False
-    try:
-        a = torch.ones(16, 16, device=device_type, dtype=torch.bfloat16)
-        acc = torch.mm(a, a, out_dtype=torch.float32)
-        torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)
-        return bool(acc[0, 0].item() == 32.0)
-    except (RuntimeError, TypeError):
-        return False
-
-
-def _add_wgrad(w: torch.Tensor, gy: torch.Tensor, x: torch.Tensor) -> None:
-    """w.grad += gy.T @ x, accumulated in w's dtype (float32 master weights)."""
-    a, b, g = gy.t(), x, w.grad
-    if a.dtype != w.dtype and _gemm_out_dtype_ok(w.device.type):
-        if g is None:
-            w.grad = torch.mm(a, b, out_dtype=w.dtype)
-        else:
-            torch.addmm(g, a, b, out_dtype=g.dtype, out=g)  # beta = 1: the GEMM adds into the gradient
-        return
-    dw = (a @ b).to(w.dtype)  # as the unfused backward computes it
-    if g is None:
-        w.grad = dw
-    else:
-        g.add_(dw)
-
-
 @torch.library.custom_op("hrm_text::accumulate_wgrad", mutates_args=())
 def accumulate_wgrad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
     """`w.grad += gy.T @ x` for the parameter w (a side effect on its `.grad`, made inside the
@@ -117,7 +90,7 @@ def accumulate_wgrad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None
     if not (w.is_leaf and w.requires_grad):
         raise RuntimeError("fused weight-gradient accumulation needs the parameter itself "
                            f"(got a non-leaf tensor of shape {tuple(w.shape)}); set train.fused_wgrad=false")
-    _add_wgrad(w, gy, x)
+    w.grad = matmul_accumulate(w.grad, gy.t(), x, w.dtype)  # float32 master weights: float32 sums
 
 
 @accumulate_wgrad.register_fake
@@ -251,19 +224,57 @@ def enable_weight_cache(model: nn.Module, on: bool = True) -> int:
     return len(mods)
 
 
+@dataclass
+class _Replay:
+    """The quantization of all cached weights captured as one CUDA graph: refreshing the cache
+    costs one launch instead of a compiled call per weight (about 0.1 ms of host time each, which
+    at the start of a step leaves the GPU waiting)."""
+
+    ptrs: tuple[int, ...]  # the weights' storage the graph reads; recaptured if any moves
+    graph: torch.cuda.CUDAGraph
+    outs: list[tuple[torch.Tensor, ...]]  # in the graph's memory pool, rewritten by each replay
+
+
+_REPLAYS: "weakref.WeakKeyDictionary[nn.Module, _Replay]" = weakref.WeakKeyDictionary()
+
+
+def _quantize_cuda(model: nn.Module, mods: list[Float8Linear]) -> list[tuple[torch.Tensor, ...]]:
+    ptrs = tuple(m.weight.data_ptr() for m in mods)
+    rep = _REPLAYS.get(model)
+    if rep is None or rep.ptrs != ptrs:
+        _REPLAYS.pop(model, None)  # free the old graph's pool first
+        quant = _compiled_quantize_weight()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # compile and autotune before the capture, as CUDA graphs need
+            for m in mods:
+                quant(m.weight)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs = [quant(m.weight) for m in mods]
+        rep = _REPLAYS[model] = _Replay(ptrs, graph, outs)
+    rep.graph.replay()
+    return rep.outs
+
+
 def cache_weights(model: nn.Module) -> int:
     """Quantize the weight of every float8 projection enabled by `enable_weight_cache` once for the
     coming forward and backward (HRM calls each block several times per step); returns how many.
     Call again after the weights change, and `drop_weight_cache` before anything else runs the
-    model (evaluation, the EMA swap): a stale cache would compute with old weights."""
+    model (evaluation, the EMA swap): a stale cache would compute with old weights. On CUDA the
+    quantized copies live in a CUDA graph's memory pool for as long as the model does."""
     mods = [m for m in float8_modules(model) if m.cache_on]
     if not mods:
         return 0
-    quant = _compiled_quantize_weight() if mods[0].weight.is_cuda else quantize_weight
     with torch.no_grad():
-        for m in mods:
-            for name, t in zip(_CACHE_NAMES, quant(m.weight)):
-                setattr(m, name, t)
+        if mods[0].weight.is_cuda:
+            outs = _quantize_cuda(model, mods)
+        else:
+            outs = [quantize_weight(m.weight) for m in mods]
+    for m, qs in zip(mods, outs):
+        for name, t in zip(_CACHE_NAMES, qs):
+            setattr(m, name, t)
     return len(mods)
 
 
