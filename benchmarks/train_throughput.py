@@ -14,6 +14,7 @@ with CUDA events, reads peak memory, and profiles two steps to split the time by
                                      repeatable; "new" = defaults
     --baseline-commit REV            the previous release from a `git worktree` (needs git), or
     --baseline-src PATH              its `src` folder copied beforehand (the device machine has no .git)
+    --baseline-opts key=value,...    the baseline's settings (default: its defaults), e.g. fp8=true
 
 Rows: examples with log-normal instruction and response lengths (medians 180 and 220 tokens,
 clipped to the 4,096 context), packed greedily into rows of `--tokens`; the same rows for every
@@ -366,6 +367,7 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], help="NAME[:key=value,...] of this tree")
     ap.add_argument("--baseline-commit", default=None)
     ap.add_argument("--baseline-src", default=None)
+    ap.add_argument("--baseline-opts", default="", help="key=value,... settings of the baseline (e.g. fp8=true)")
     ap.add_argument("--profile", action="store_true", help="split two steps' kernel time by kind of work")
     ap.add_argument("--gpus", type=int, default=1,
                     help="GPUs (torchrun, FSDP2, one row per GPU per step); with N > 1 each variant also runs "
@@ -403,7 +405,7 @@ def main() -> None:
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(wt), args.baseline_commit], check=True)
         base_src = str(wt / "src")
     if base_src:
-        variants.append(("baseline", base_src, {}))
+        variants.append(("baseline", base_src, parse_variant("baseline:" + args.baseline_opts)[1]))
     for spec in args.variant or ["new"]:
         name, opts = parse_variant(spec)
         variants.append((name, str(REPO / "src"), opts))
