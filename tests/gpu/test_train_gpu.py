@@ -76,11 +76,22 @@ def test_compiled_step_matches_eager(recompute_calls: int) -> None:
     assert num / den < 2e-2, num / den
 
 
+def _grad_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """|a - b| / |b| over all gradients together."""
+    num = sum(float((a[n] - b[n]).norm() ** 2) for n in b) ** 0.5
+    return num / sum(float(b[n].norm() ** 2) for n in b) ** 0.5
+
+
 @pytest.mark.parametrize("recipe", ["fused", "fused_lowmem"])
 def test_fp8_weight_cache_and_fused_wgrad_match_the_per_call_step(recipe: str) -> None:
-    """Compiled, as in training: weights quantized once per micro-step and weight gradients added
-    into .grad by the GEMM give the per-call step's loss and gradients (float32 GEMM output instead
-    of bf16: close, not equal), and the GEMM's float32 output path is the one taken."""
+    """Compiled, as in training, over two micro-steps with the weights changed in between (as an
+    optimizer step changes them): quantizing the weights once per micro-step and adding weight
+    gradients into .grad inside the GEMM give the per-call step's losses and gradients.
+
+    The gradient tolerance is the larger of 1% and 1.5x the floor: how far two compilations of the
+    very same per-call step (compiled and eager) already differ. float8 e4m3 keeps 3 mantissa bits,
+    so a different but equally valid order of float32 operations flips a few roundings by 1/16;
+    `fused_lowmem`'s weight gradient (from float8 inputs) shows this most."""
     from hrm_text.model.loss import gemm_out_dtype_ok
 
     if torch.cuda.get_device_capability() < (8, 9):
@@ -88,25 +99,36 @@ def test_fp8_weight_cache_and_fused_wgrad_match_the_per_call_step(recipe: str) -
     assert gemm_out_dtype_ok("cuda")  # bf16 x bf16 -> float32 (and in-place addmm) on this build
     mcfg = model_config("S", vocab_size=4096, n_layers=4)
     batch = _batch(2048, mcfg.vocab_size, 2).with_loss_index().to("cuda")
-    runs = []
-    for on in (False, True):
-        model = _prepared(mcfg, fp8=True, fp8_recipe=recipe, fp8_weight_cache=on, fused_wgrad=on)
-        forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)
+    denom = float(batch.loss_index.numel())
+
+    def two_steps(**opts: bool) -> tuple[float, float, dict[str, torch.Tensor]]:
+        model = _prepared(mcfg, fp8=True, fp8_recipe=recipe, **opts)
+        first = float(forward_backward(model, batch, 5, denom, True).loss_sum)
         g = torch.Generator(device="cuda").manual_seed(1)
-        with torch.no_grad():  # the weights change in place, as an optimizer step does: the cache must follow
+        with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, device="cuda", generator=g) * 0.1 * p.std())
                 p.grad = None
-        out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)
-        runs.append((float(out.loss_sum), {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}))
-    (l0, g0), (l1, g1) = runs
-    assert g1.keys() == g0.keys() and len(g0) == len(list(model.parameters())), sorted(set(g0) ^ set(g1))
-    per = {n: float((g1[n] - g0[n]).norm() / g0[n].norm().clamp_min(1e-30)) for n in g0}
-    worst = sorted(per.items(), key=lambda kv: -kv[1])[:4]
-    assert abs(l1 - l0) / l0 < 1e-3, (l0, l1, worst)
-    num = sum(float((g1[n] - g0[n]).norm() ** 2) for n in g0) ** 0.5
-    den = sum(float(g0[n].norm() ** 2) for n in g0) ** 0.5
-    assert num / den < 1e-2, (num / den, worst)
+        second = float(forward_backward(model, batch, 5, denom, True).loss_sum)
+        grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
+        assert len(grads) == len(list(model.parameters())), opts  # every parameter got its gradient
+        return first, second, grads
+
+    off = dict(fp8_weight_cache=False, fused_wgrad=False)
+    eager = two_steps(compile=False, **off)
+    base = two_steps(**off)
+    cache = two_steps(fp8_weight_cache=True, fused_wgrad=False)
+    both = two_steps(fp8_weight_cache=True, fused_wgrad=True)
+    floor = _grad_gap(base[2], eager[2])
+    tol = max(1e-2, 1.5 * floor)
+    gaps = {"cache": _grad_gap(cache[2], base[2]), "both": _grad_gap(both[2], base[2])}
+    print(f"{recipe}: losses eager {eager[:2]} compiled {base[:2]} cache {cache[:2]} both {both[:2]}; "
+          f"gradient gaps to compiled: floor (eager) {floor:.4f}, {gaps}")
+    assert abs(base[1] - base[0]) / base[0] > 1e-2  # the weight change moves the loss: a stale cache would show
+    for name, run in (("cache", cache), ("both", both)):
+        for i in (0, 1):
+            assert abs(run[i] - base[i]) / base[i] < 1e-3, (name, i, run[:2], base[:2])
+        assert gaps[name] < tol, (name, gaps, floor)
 
 
 @pytest.mark.parametrize("recipe", ["fused", "fused_lowmem", "rowwise"])
