@@ -21,8 +21,8 @@ dequantized to bf16. It is what fits the paper recipe's 12,288-token rows on an 
 without recomputation (docs/PERFORMANCE.md). `fused_precise` turns off Hopper's fast accumulation
 in the forward GEMM (same speed).
 
-Two savings for a model that calls each block several times per step (HRM: every block 4 times,
-2-3 of them recorded for backward), both on by default on one GPU (`train.fp8_weight_cache`,
+Two savings for a model that calls each block several times per step (HRM: each L block 6 times
+and each H block twice; with K = 5, 3 and 2 of those calls are recorded for backward), both on by default on one GPU (`train.fp8_weight_cache`,
 `train.fused_wgrad`):
 - weight cache: `cache_weights(model)` quantizes every block weight once per micro-step (for the
   forward GEMM, and transposed for the input-gradient GEMM) instead of at every call;
