@@ -115,13 +115,16 @@ def _classify(name: str) -> str:
 
 def _profile_split(prof: Any) -> dict[str, float]:
     """Device time per kind of work (ms over the profiled steps), from the kernel events alone, each
-    counted once and classified by name (the head's matmuls count as matmuls). The profiler's
-    "Command Buffer Full" entries are host waits, not device work, and are left out."""
+    counted once and classified by name (the head's matmuls count as matmuls). Left out: the
+    profiler's "Command Buffer Full" entries (host waits) and the device-side spans of our
+    `record_function` ranges (hrm::step and the like span whole phases: they are not kernels)."""
     from torch.autograd import DeviceType
 
     totals: dict[str, float] = {}
     for evt in prof.events():
         if evt.device_type != DeviceType.CUDA or evt.name == "Command Buffer Full":
+            continue
+        if getattr(evt, "is_user_annotation", False) or evt.name.startswith("hrm::"):
             continue
         c = _classify(evt.name)
         totals[c] = totals.get(c, 0.0) + evt.self_device_time_total / 1e3
