@@ -1,34 +1,32 @@
 #!/usr/bin/env bash
-# One device call (about 9-10 minutes on an H100) for issue 10's open float8 and attention
-# questions, most valuable first; each part has its own time limit and writes its own folder:
-#   parts   one XL-width block: bf16, fp8 fused and fp8 fused_lowmem (time, saved activations)
-#   xl      full XL, K = 5, 12,288-token rows: fp8 + recompute_calls=1 (the measured fit) against
-#           fused_lowmem without recompute (does it fit 80 GB, and how fast?)
-#   cudnn   the cuDNN attention probe, each variant in its own process (a faulting kernel poisons
-#           the CUDA context for what follows), exact maxima first
-#   curve   the 300-step S loss curves, seeds first (a run cut short still leaves whole seeds)
+# One device call (about 9 minutes on an H100) for issue 10's open float8 questions, most valuable
+# first; each part has its own time limit (seconds; 0 skips it) and writes its own folder:
+#   test    the GPU test of the float8 weight cache and fused weight gradients (the defaults of
+#           train.fp8=true on one GPU) against the per-call step, with its compile-vs-eager floor
+#   xl      full XL, K = 5, 12,288-token rows: the previous release with fp8 on (if .prev/src was
+#           carried: `git archive <rev> src | tar -x -C .prev`), both settings off, the defaults
+#   curve   the 300-step S loss curves of the default recipe against bf16, 3 seeds (a run cut short
+#           still leaves whole seeds), with bf16's own floor from the fourth session's report
 # Run from the repo root on the GPU machine, carrying runs/study_hrm_vs_tf/data/{sampled,tokenizer}
-# and .whl (torchao):   bash benchmarks/fp8_suite.sh "$OUT"      (PARTS_S=... XL_S=... to retime, 0 skips)
+# (and .prev for the baseline):   bash benchmarks/fp8_suite.sh "$OUT"      (TEST_S=... XL_S=... CURVE_S=...)
 set -u
 OUT=${1:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site; fi
-PARTS_S=${PARTS_S:-90} XL_S=${XL_S:-250} CUDNN_S=${CUDNN_S:-45} CURVE_S=${CURVE_S:-150}
-limit() { if [ "$1" -gt 0 ]; then timeout "$@"; else echo "skipped (limit 0): ${*:2:3}"; fi; }  # 0 skips a part
-limit "$PARTS_S" python3 benchmarks/step_parts.py --only block --block-variant "flex, bf16" \
-  --block-variant "flex, fp8 fused (ours)" --block-variant "flex, fp8 fused_lowmem" --out "$OUT/parts" 2>&1 | grep -v Warning | tail -8
-limit "$XL_S" python3 benchmarks/train_throughput.py --preset XL --tokens 12288 --K 5 --steps 5 \
-  --variant fp8r1:fp8=true,recompute_calls=1 --variant lowmem:fp8=true,fp8_recipe=fused_lowmem \
-  --variant lowmem_r1:fp8=true,fp8_recipe=fused_lowmem,recompute_calls=1 --variant-timeout 80 \
-  --out "$OUT/xl" 2>&1 | grep -v Warning | tail -12
-rm -f "$OUT/xl/rows.pt"  # large, and a call returns at most 8 files
-limit "$CUDNN_S" python3 benchmarks/step_parts.py --only attention --attention-variant "exact max lengths" \
-  --out "$OUT/cudnn_exact" 2>&1 | grep -v Warning | tail -6
-limit "$CUDNN_S" python3 benchmarks/step_parts.py --only attention --attention-variant "flex (current" \
-  --attention-variant "cudnn (two ragged calls)" --out "$OUT/cudnn" 2>&1 | grep -v Warning | tail -6
+TEST_S=${TEST_S:-150} XL_S=${XL_S:-260} CURVE_S=${CURVE_S:-170}
+limit() { if [ "$1" -gt 0 ]; then timeout "$@"; else echo "skipped (limit 0): ${*:2:3}"; fi; }
+limit "$TEST_S" env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -p no:cacheprovider -p no:warnings \
+  -p no:logging -q -rP --tb=short tests/gpu/test_train_gpu.py -k weight_cache > "$OUT/test.txt" 2>&1
+grep -E "^fused|^E |passed|failed|Error" "$OUT/test.txt" | head -30
+base=()
+if [ -d .prev/src ]; then base=(--baseline-src .prev/src --baseline-opts fp8=true); fi
+limit "$XL_S" python3 benchmarks/train_throughput.py --preset XL --tokens 12288 --K 5 --steps 6 "${base[@]}" \
+  --variant off:fp8=true,fp8_weight_cache=false,fused_wgrad=false --variant defaults:fp8=true \
+  --variant-timeout 80 --out /tmp/fp8_suite_xl 2>&1 | grep -v Warning | tail -8
+cp /tmp/fp8_suite_xl/train_throughput.json "$OUT/xl.json" 2>/dev/null
+tail -n 3 /tmp/fp8_suite_xl/log_*.txt > "$OUT/xl_logs.txt" 2>/dev/null
 limit "$CURVE_S" python3 benchmarks/fp8_loss_curve.py --data runs/study_hrm_vs_tf/data --seeds 3 --parallel 4 \
-  --variant "fp8:fp8=true,fp8_recipe=fused" --variant "fp8_lowmem:fp8=true,fp8_recipe=fused_lowmem" \
-  --out "$OUT/curve" 2>&1 | tail -30
+  --variant "fp8:fp8=true" --bf16-replica benchmarks/results/fp8_loss_curve_s300_h100_2026-12-06_lowmem.json \
+  --out "$OUT/curve" 2>&1 | tail -25
 ls -R "$OUT"
