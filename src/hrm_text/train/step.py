@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from hrm_text.config import FP8_RECIPES, ConfigError, TrainConfig
 from hrm_text.data.batch import PackedBatch
@@ -80,8 +81,7 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
 
 
 def _sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.tensor import DTensor  # lazy: only asked once, when preparing a model
-
+    """Whether FSDP2 has sharded the parameters (they are DTensors)."""
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
