@@ -1,5 +1,6 @@
 """The step's speed options refuse, before any work and with the setting's name, what this
-machine cannot run (CPU here: no float8 GEMMs for training, no varlen or FA3 kernels)."""
+machine cannot run (CPU here: no float8 GEMMs for training, no varlen or FA3 kernels), and switch
+the float8 step savings on only where they are safe."""
 
 import pytest
 import torch
@@ -28,3 +29,24 @@ def test_fp8_is_refused_without_a_float8_gpu():
 def test_unknown_fp8_recipe_is_refused_by_name():
     with pytest.raises(ConfigError, match="fp8_recipe='bogus'"):
         apply_fp8(_model(), "bogus")
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_fp8_step_savings_are_on_for_one_process_and_off_under_fsdp(monkeypatch, sharded):
+    """The weight cache and the fused weight gradients bypass per-call paths FSDP2 relies on."""
+    from hrm_text.train import step
+    from hrm_text.train.fp8 import FUSED_RECIPES, convert_to_float8, float8_modules
+
+    monkeypatch.setattr(step, "apply_fp8", lambda model, recipe: convert_to_float8(model, **FUSED_RECIPES[recipe]))
+    monkeypatch.setattr(step, "_sharded", lambda model: sharded)
+    for on in (True, False):
+        model = _model()
+        prepare_model(model, TrainConfig(fp8=True, fp8_weight_cache=on, fused_wgrad=on), torch.device("cpu"))
+        mods = float8_modules(model)
+        assert mods and all(m.cache_on == (on and not sharded) and m.fuse_wgrad == (on and not sharded) for m in mods)
+
+
+def test_a_plain_model_is_not_sharded():
+    from hrm_text.train.step import _sharded
+
+    assert not _sharded(_model())
