@@ -114,17 +114,23 @@ def test_convert_keeps_the_state_dict_and_skips_the_head():
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("save_fp8", [False, True], ids=["fused", "fused_lowmem"])
-def test_float8_model_step_stays_close_to_the_plain_step(save_fp8):
-    """A whole HRM step (K = 5 recorded calls, fused loss) with float8 projections: the loss within
-    2% of the plain step's, the gradients within float8 accuracy, and every gradient finite."""
+def _tiny_batch():
+    """Three examples packed into one 128-token row, with the loss index (vocabulary 512)."""
     from hrm_text.data.batch import pack_rows
-    from hrm_text.train.step import forward_backward
 
     g = torch.Generator().manual_seed(0)
     rows = [[(torch.randint(8, 512, (int(p),), generator=g).tolist(), torch.randint(8, 512, (int(r),), generator=g).tolist())
              for p, r in ((20, 12), (9, 30), (25, 16))]]
-    batch = pack_rows(rows, 128).with_loss_index()
+    return pack_rows(rows, 128).with_loss_index()
+
+
+@pytest.mark.parametrize("save_fp8", [False, True], ids=["fused", "fused_lowmem"])
+def test_float8_model_step_stays_close_to_the_plain_step(save_fp8):
+    """A whole HRM step (K = 5 recorded calls, fused loss) with float8 projections: the loss within
+    2% of the plain step's, the gradients within float8 accuracy, and every gradient finite."""
+    from hrm_text.train.step import forward_backward
+
+    batch = _tiny_batch()
     results = []
     for fp8 in (False, True):
         torch.manual_seed(0)
@@ -162,14 +168,10 @@ def test_lora_adapters_stay_plain_and_the_frozen_base_gets_no_weight_gradient():
 
 def _tiny_step(save_fp8: bool, cache: bool, fuse: bool):
     """One K = 5 HRM step of a tiny float8 model; returns (loss, {name: grad}, model)."""
-    from hrm_text.data.batch import pack_rows
     from hrm_text.train.fp8 import enable_fused_wgrad, enable_weight_cache
     from hrm_text.train.step import forward_backward
 
-    g = torch.Generator().manual_seed(0)
-    rows = [[(torch.randint(8, 512, (int(p),), generator=g).tolist(), torch.randint(8, 512, (int(r),), generator=g).tolist())
-             for p, r in ((20, 12), (9, 30), (25, 16))]]
-    batch = pack_rows(rows, 128).with_loss_index()
+    batch = _tiny_batch()
     torch.manual_seed(0)
     model = HRMTextLM(model_config("tiny", vocab_size=512, hidden_size=128, num_heads=2, head_dim=64))
     convert_to_float8(model, save_fp8=save_fp8)

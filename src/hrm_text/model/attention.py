@@ -87,6 +87,7 @@ def default_backend(device: torch.device) -> str:
     return "flex" if device.type == "cuda" else "sdpa"
 
 
+@functools.lru_cache(maxsize=1)  # facts of the process: asked for every batch's mask
 def fa3_available() -> bool:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         return False
@@ -304,6 +305,7 @@ def _cudnn_prefix_lm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, info: Va
 FLEX_FA4_OPTIONS: dict[str, Any] = {"BACKEND": "FLASH"}  # flex's FlashAttention-4 (CuTe DSL) kernels
 
 
+@functools.lru_cache(maxsize=1)  # facts of the process: asked for every batch's mask
 def flex_fa4_available() -> bool:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         return False
@@ -313,12 +315,14 @@ def flex_fa4_available() -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1)  # facts of the process: asked for every batch's mask
 def cudnn_available() -> bool:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
         return False
     return torch.backends.cudnn.is_available() and hasattr(torch.ops.aten, "_cudnn_attention_forward")
 
 
+@functools.lru_cache(maxsize=1)  # facts of the process: asked for every batch's mask
 def varlen_available() -> bool:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
         return False

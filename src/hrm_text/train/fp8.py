@@ -174,8 +174,8 @@ class Float8Linear(nn.Linear):
         if self.bias is not None or not float8_shape_ok(m, k, self.out_features):
             return super().forward(x)
         cached = () if self.wcache is None else (self.wcache, self.wcache_s, self.wcache_t, self.wcache_ts)
-        fuse = self.fuse_wgrad and torch.is_grad_enabled() and self.weight.requires_grad
-        y = _Float8Matmul.apply(x.reshape(m, k), self.weight, self.fast_accum, self.save_fp8, fuse, *cached)
+        # fuse_wgrad only matters where the backward computes a weight gradient (it checks)
+        y = _Float8Matmul.apply(x.reshape(m, k), self.weight, self.fast_accum, self.save_fp8, self.fuse_wgrad, *cached)
         return y.view(*lead, self.out_features)
 
 
@@ -207,21 +207,22 @@ def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), fa
     return n
 
 
+def _set_on_float8(model: nn.Module, attr: str, on: bool) -> int:
+    mods = float8_modules(model)
+    for m in mods:
+        setattr(m, attr, on)
+    return len(mods)
+
+
 def enable_fused_wgrad(model: nn.Module, on: bool = True) -> int:
     """Accumulate the float8 projections' weight gradients straight into `.grad` (one process only:
     autograd's accumulation and its hooks are bypassed). Returns how many modules."""
-    mods = float8_modules(model)
-    for m in mods:
-        m.fuse_wgrad = on
-    return len(mods)
+    return _set_on_float8(model, "fuse_wgrad", on)
 
 
 def enable_weight_cache(model: nn.Module, on: bool = True) -> int:
     """Let `cache_weights` quantize these float8 projections once per micro-step. Returns how many."""
-    mods = float8_modules(model)
-    for m in mods:
-        m.cache_on = on
-    return len(mods)
+    return _set_on_float8(model, "cache_on", on)
 
 
 @dataclass

@@ -90,11 +90,12 @@ def forward_backward(
     bf16: bool, recompute_calls: int = 0,
 ) -> LossOutput:
     """Loss of one micro-batch, backward of loss / denom; returns the detached statistics."""
-    cache_weights(model)  # float8 weights quantized once for this micro-step (if enabled)
+    cached = cache_weights(model)  # float8 weights quantized once for this micro-step (if enabled)
     try:
         with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model.loss(batch, bp_steps=K, remat_calls=recompute_calls)
         (out.loss_sum / denom).backward()
     finally:  # the weights change next: nothing may compute with this copy
-        drop_weight_cache(model)
+        if cached:
+            drop_weight_cache(model)
     return LossOutput(out.loss_sum.detach(), out.num_tokens, out.num_correct.detach())
