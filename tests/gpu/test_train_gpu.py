@@ -84,9 +84,13 @@ def _grad_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 @pytest.mark.parametrize("recipe", ["fused", "fused_lowmem"])
 def test_fp8_weight_cache_and_fused_wgrad_match_the_per_call_step(recipe: str) -> None:
-    """Compiled, as in training, over two micro-steps with the weights changed in between (as an
-    optimizer step changes them): quantizing the weights once per micro-step and adding weight
-    gradients into .grad inside the GEMM give the per-call step's losses and gradients.
+    """Compiled, as in training, over two micro-steps with the weights changed in place in between
+    (as an optimizer step changes them): quantizing the weights once per micro-step and adding
+    weight gradients into .grad inside the GEMM give the per-call step's losses and gradients.
+
+    The change (every matrix's rows rolled by one) moves the gradients far more than the tolerance,
+    so a cache left stale by the second micro-step would fail the gradient check. (The loss alone
+    cannot show it: at initialisation the logits are near uniform whatever the block weights.)
 
     The gradient tolerance is the larger of 1% and 1.5x the floor: how far two compilations of the
     very same per-call step (compiled and eager) already differ. float8 e4m3 keeps 3 mantissa bits,
@@ -101,18 +105,19 @@ def test_fp8_weight_cache_and_fused_wgrad_match_the_per_call_step(recipe: str) -
     batch = _batch(2048, mcfg.vocab_size, 2).with_loss_index().to("cuda")
     denom = float(batch.loss_index.numel())
 
-    def two_steps(**opts: bool) -> tuple[float, float, dict[str, torch.Tensor]]:
+    def two_steps(**opts: bool) -> tuple[float, float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         model = _prepared(mcfg, fp8=True, fp8_recipe=recipe, **opts)
         first = float(forward_backward(model, batch, 5, denom, True).loss_sum)
-        g = torch.Generator(device="cuda").manual_seed(1)
+        first_grads = {n: p.grad.float().clone() for n, p in model.named_parameters()}
         with torch.no_grad():
             for p in model.parameters():
-                p.add_(torch.randn(p.shape, device="cuda", generator=g) * 0.1 * p.std())
+                if p.dim() >= 2:  # in place, as the optimizer writes: the storage stays where it was
+                    p.copy_(p.roll(1, dims=0))
                 p.grad = None
         second = float(forward_backward(model, batch, 5, denom, True).loss_sum)
         grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
         assert len(grads) == len(list(model.parameters())), opts  # every parameter got its gradient
-        return first, second, grads
+        return first, second, grads, first_grads
 
     off = dict(fp8_weight_cache=False, fused_wgrad=False)
     eager = two_steps(compile=False, **off)
@@ -124,7 +129,9 @@ def test_fp8_weight_cache_and_fused_wgrad_match_the_per_call_step(recipe: str) -
     gaps = {"cache": _grad_gap(cache[2], base[2]), "both": _grad_gap(both[2], base[2])}
     print(f"{recipe}: losses eager {eager[:2]} compiled {base[:2]} cache {cache[:2]} both {both[:2]}; "
           f"gradient gaps to compiled: floor (eager) {floor:.4f}, {gaps}")
-    assert abs(base[1] - base[0]) / base[0] > 1e-2  # the weight change moves the loss: a stale cache would show
+    moved = _grad_gap(base[2], base[3])  # how far the weight change moved the gradients
+    print(f"{recipe}: the weight change moved the gradients by {moved:.3f}")
+    assert moved > 4 * tol, (moved, tol)  # so a stale cache could not pass the gap check below
     for name, run in (("cache", cache), ("both", both)):
         for i in (0, 1):
             assert abs(run[i] - base[i]) / base[i] < 1e-3, (name, i, run[:2], base[:2])
