@@ -3,7 +3,7 @@
 # first; each part has its own time limit (seconds; 0 skips it) and writes its own folder:
 #   test    the GPU test of the float8 weight cache and fused weight gradients (the defaults of
 #           train.fp8=true on one GPU) against the per-call step, with its compile-vs-eager floor;
-#           TEST_ALL=1 runs the whole GPU tier instead (torchao from .whl/ if carried)
+#           TEST_K picks other tests of that file; TEST_ALL=1 runs the whole GPU tier (torchao from .whl/)
 #   xl      full XL, K = 5, 12,288-token rows: the previous release with fp8 on (if .prev/src was
 #           carried: `git archive <rev> src | tar -x -C .prev`), both settings off, the defaults
 #   curve   the 300-step S loss curves of the default recipe against bf16, 3 seeds (a run cut short
@@ -18,7 +18,7 @@ export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 TEST_S=${TEST_S:-150} XL_S=${XL_S:-260} CURVE_S=${CURVE_S:-170}
 limit() { if [ "$1" -gt 0 ]; then timeout "$@"; else echo "skipped (limit 0): ${*:2:3}"; fi; }
-tests=(tests/gpu/test_train_gpu.py -k weight_cache)
+tests=(tests/gpu/test_train_gpu.py -k "${TEST_K:-weight_cache}")
 if [ "${TEST_ALL:-0}" = 1 ]; then
   tests=(-m gpu tests/)
   if ls .whl/*.whl >/dev/null 2>&1; then  # torchao for its recipes' tests
