@@ -197,6 +197,43 @@ def test_weight_cache_and_fused_wgrad_give_the_same_step(save_fp8):
     assert not any("wcache" in k for k in model.state_dict())
 
 
+@pytest.mark.parametrize("save_fp8", [False, True], ids=["fused", "fused_lowmem"])
+def test_weight_cache_and_fused_wgrad_train_like_the_per_call_step(save_fp8):
+    """Several optimizer steps of two micro-steps each, as the trainer runs them (micro-steps add
+    into .grad, then opt.step and zero_grad(set_to_none=True)): with the cache refreshed after each
+    update and the fused gradients reset each step, the losses follow the per-call step's. A stale
+    cache or gradients carried into the next step would move them by percents."""
+    from hrm_text.data.batch import pack_rows
+    from hrm_text.train.fp8 import enable_fused_wgrad, enable_weight_cache
+    from hrm_text.train.optim import AdamAtan2
+    from hrm_text.train.step import forward_backward
+
+    g = torch.Generator().manual_seed(3)
+    batches = [pack_rows([[(torch.randint(8, 512, (int(n),), generator=g).tolist(),
+                            torch.randint(8, 512, (40 - int(n),), generator=g).tolist()) for n in (12, 25, 7)]], 128)
+               .with_loss_index() for _ in range(2)]  # the same two every step: the loss must fall
+
+    def train(on: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = HRMTextLM(model_config("tiny", vocab_size=512, hidden_size=128, num_heads=2, head_dim=64))
+        convert_to_float8(model, save_fp8=save_fp8)
+        enable_weight_cache(model, on)
+        enable_fused_wgrad(model, on)
+        opt = AdamAtan2(model.parameters(), lr=1e-2, weight_decay=0.1)
+        denom = float(sum(b.loss_index.numel() for b in batches))
+        losses = []
+        for _ in range(5):
+            losses.append(sum(float(forward_backward(model, b, 5, denom, bf16=False).loss_sum) for b in batches) / denom)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return losses
+
+    off, on = train(False), train(True)
+    assert off[-1] < 0.8 * off[0], off  # training moves the loss: stale copies would show
+    for a, b in zip(off, on):
+        assert abs(b - a) / a < 1e-4, (off, on)
+
+
 def test_weight_cache_is_the_weights_quantized_both_ways():
     from hrm_text.train.fp8 import cache_weights, enable_weight_cache
 
