@@ -220,6 +220,42 @@ class _NumpyShim:
         return np.empty(*a, **k).view(_ItemsetArray)
 
 
+def _pop_symbol_in_order(self: Any) -> str:
+    """`mathematics_dataset`'s `Context.pop` draws a variable name with `random.choice(list(a_set))`;
+    a set of strings iterates in an order that changes with each process's hash seed, so the same
+    seed gave other letters in every run (61 of 127 modules). Same draw over the sorted set."""
+    from mathematics_dataset.util import composition
+
+    allowed = composition._ALLOWED_SYMBOLS - self._relation_symbols - self._self_symbols - self._child_symbols
+    if not allowed:
+        raise ValueError("Ran out of symbols")
+    symbol = random.choice(sorted(allowed))
+    self._self_symbols.add(symbol)
+    return symbol
+
+
+def _expand_entities_in_order(context: Any, **kwargs: Any) -> tuple[str, dict[str, Any]]:
+    """`mathematics_dataset`'s `expand_entities`, with its entities de-duplicated in a fixed order
+    before the seeded shuffle: the original collects them in a set of objects (hashed by memory
+    address), so the order of the "Let ..." definitions changed from run to run."""
+    from mathematics_dataset.util import composition
+
+    kwargs = kwargs.copy()
+    entities = list(context.child_entities)
+    for key, value in kwargs.items():
+        if isinstance(value, composition.Entity):
+            entities.append(value)
+            kwargs[key] = value.handle
+    entities = list(dict.fromkeys(entities))
+    random.shuffle(entities)
+    parts = []
+    for entity in entities:
+        parts.append(entity.child_description)
+        if not entity.expression_used:
+            parts.append(entity.description)
+    return " ".join(part for part in parts if part), kwargs
+
+
 def _dm_init() -> Any:
     """Import mathematics_dataset with the shims (idempotent, per process)."""
     global _DM
@@ -241,8 +277,11 @@ def _dm_init() -> Any:
         flags.FLAGS(["hrm-text"], known_only=True)
     from mathematics_dataset import generate
     from mathematics_dataset.sample import polynomials
+    from mathematics_dataset.util import composition
 
     polynomials.np = _NumpyShim()
+    composition.Context.pop = _pop_symbol_in_order
+    composition.expand_entities = _expand_entities_in_order
     generate.init_modules()
     _DM = generate
     return generate
@@ -256,9 +295,11 @@ def dm_module_names() -> dict[str, list[str]]:
 def _dm_chunk(args: tuple[int, str, str, int]) -> tuple[list[dict[str, str]], str | None]:
     seed, regime, module, n = args
     g = _dm_init()
+    from sympy.core import random as sympy_random  # loaded by _dm_init; sympy comes with the `data` extra
     fn = g.filtered_modules[regime][module]
     random.seed(seed)
     np.random.seed(seed % (2**32))
+    sympy_random.seed(seed)  # sympy's own generator (randprime), seeded from the OS otherwise
     rows = []
     try:
         for _ in range(n):
