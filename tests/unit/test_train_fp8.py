@@ -274,6 +274,37 @@ def test_fused_wgrad_under_compile_reaches_the_parameters():
         assert torch.allclose(b.grad, a.grad, rtol=1e-4, atol=1e-6), (b.grad - a.grad).abs().max()
 
 
+def test_compiled_modules_follow_the_cache_being_set_and_dropped():
+    """cache_weights/drop_weight_cache write the buffers directly (no nn.Module.__setattr__, which
+    the compiler also watches): a compiled module must still switch between the cached and the
+    per-call path, and after a drop compute with the weights as they are now."""
+    from hrm_text.train.fp8 import cache_weights, drop_weight_cache, enable_weight_cache
+
+    def make() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(64, 128, bias=False), nn.SiLU(), nn.Linear(128, 64, bias=False))
+
+    ref, net = make(), make()
+    convert_to_float8(ref)
+    convert_to_float8(net)
+    enable_weight_cache(net)
+    for m in net:
+        if isinstance(m, nn.Linear):
+            m.compile()
+    x = torch.randn(32, 64)
+    with torch.no_grad():
+        cache_weights(net)
+        cached = net(x)
+        drop_weight_cache(net)
+        assert torch.equal(net(x), cached)
+        for p, q in zip(net.parameters(), ref.parameters()):
+            p.mul_(2)
+            q.mul_(2)
+        assert torch.equal(net(x), ref(x))  # dropped: the new weights, not a stale copy
+        cache_weights(net)
+        assert torch.equal(net(x), ref(x))
+
+
 def test_fused_wgrad_refuses_a_tensor_that_is_not_the_parameter():
     from hrm_text.train.fp8 import accumulate_wgrad
 

@@ -112,6 +112,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(hc) if ctx.needs_input_grad[0] else None
         sd = lse.dtype
         grad_w: torch.Tensor | None = None  # float32, from the first chunk on
+        w_acc_dtype = torch.promote_types(weight.dtype, sd)
         g = grad_loss.to(sd)
         dlogits_fn = _maybe_compiled("dlogits", hc.device)
         for s in range(0, hc.shape[0], chunk):
@@ -120,7 +121,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if grad_h is not None:
                 grad_h[s : s + chunk] = dlogits @ wc
             if ctx.needs_input_grad[1]:
-                grad_w = matmul_accumulate(grad_w, dlogits.t(), h_c, torch.promote_types(weight.dtype, sd))
+                grad_w = matmul_accumulate(grad_w, dlogits.t(), h_c, w_acc_dtype)
         return (
             None if grad_h is None else grad_h.to(ctx.h_dtype),
             None if grad_w is None else grad_w.to(weight.dtype),
