@@ -249,16 +249,18 @@ def test_weight_cache_is_the_weights_quantized_both_ways():
     assert lin.wcache_t.is_contiguous() and lin.wcache_t.shape == (64, 32)
 
 
+def _mlp() -> nn.Sequential:
+    """Two bias-free projections (float8-sized), seeded."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128, bias=False), nn.SiLU(), nn.Linear(128, 64, bias=False))
+
+
 def test_fused_wgrad_under_compile_reaches_the_parameters():
     """The compiled backward must still run the accumulation (it returns nothing, so a compiler
     could drop it) and hand it the parameter itself: gradients equal those of eager autograd."""
     from hrm_text.train.fp8 import enable_fused_wgrad
 
-    def make() -> nn.Sequential:
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(64, 128, bias=False), nn.SiLU(), nn.Linear(128, 64, bias=False))
-
-    ref, fused = make(), make()
+    ref, fused = _mlp(), _mlp()
     convert_to_float8(ref)
     convert_to_float8(fused)
     enable_fused_wgrad(fused)
@@ -280,11 +282,7 @@ def test_compiled_modules_follow_the_cache_being_set_and_dropped():
     per-call path, and after a drop compute with the weights as they are now."""
     from hrm_text.train.fp8 import cache_weights, drop_weight_cache, enable_weight_cache
 
-    def make() -> nn.Sequential:
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(64, 128, bias=False), nn.SiLU(), nn.Linear(128, 64, bias=False))
-
-    ref, net = make(), make()
+    ref, net = _mlp(), _mlp()
     convert_to_float8(ref)
     convert_to_float8(net)
     enable_weight_cache(net)
