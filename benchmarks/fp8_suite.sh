@@ -5,7 +5,9 @@
 #           train.fp8=true on one GPU) against the per-call step, with its compile-vs-eager floor;
 #           TEST_K picks other tests of that file; TEST_ALL=1 runs the whole GPU tier (torchao from .whl/)
 #   xl      full XL, K = 5, 12,288-token rows: the previous release with fp8 on (if .prev/src was
-#           carried: `git archive <rev> src | tar -x -C .prev`), both settings off, the defaults
+#           carried: `git archive <rev> src | tar -x -C .prev`), both settings off, the defaults;
+#           XL_VARIANTS (space-separated NAME:key=value,...; src=PATH for another release) and
+#           XL_VARIANT_S (each variant's time limit) change them
 #   curve   the 300-step S loss curves of the default recipe against bf16, 3 seeds (a run cut short
 #           still leaves whole seeds), with bf16's own floor from an earlier report; CURVE_VARIANTS
 #           (space-separated NAME:key=value,...), CURVE_SEEDS, CURVE_PARALLEL and BF16_REPLICA change them
@@ -29,11 +31,12 @@ fi
 limit "$TEST_S" env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -p no:cacheprovider -p no:warnings \
   -p no:logging -q -rP --tb=short --durations=8 "${tests[@]}" > "$OUT/test.txt" 2>&1
 grep -E "^fused|^E |passed|failed|Error" "$OUT/test.txt" | head -30
+xl_variants=()
+for v in ${XL_VARIANTS:-off:fp8=true,fp8_weight_cache=false,fused_wgrad=false defaults:fp8=true}; do xl_variants+=(--variant "$v"); done
 base=()
 if [ -d .prev/src ]; then base=(--baseline-src .prev/src --baseline-opts fp8=true); fi
 limit "$XL_S" python3 benchmarks/train_throughput.py --preset XL --tokens 12288 --K 5 --steps 6 "${base[@]}" \
-  --variant off:fp8=true,fp8_weight_cache=false,fused_wgrad=false --variant defaults:fp8=true \
-  --variant-timeout 80 --out /tmp/fp8_suite_xl 2>&1 | grep -v Warning | tail -8
+  "${xl_variants[@]}" --variant-timeout "${XL_VARIANT_S:-80}" --out /tmp/fp8_suite_xl 2>&1 | grep -v Warning | tail -8
 cp /tmp/fp8_suite_xl/train_throughput.json "$OUT/xl.json" 2>/dev/null
 tail -n 3 /tmp/fp8_suite_xl/log_*.txt > "$OUT/xl_logs.txt" 2>/dev/null
 variants=()

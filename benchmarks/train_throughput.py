@@ -11,7 +11,8 @@ with CUDA events, reads peak memory, and profiles two steps to split the time by
 
     --variant NAME[:key=value,...]   train.* settings of this tree (fp8, activation_memory_budget,
                                      recompute_calls, compile, attn_backend, fsdp_keep_gathered);
-                                     repeatable; "new" = defaults
+                                     repeatable; "new" = defaults; src=PATH runs another
+                                     release's `src` folder (a second baseline, same rows)
     --baseline-commit REV            the previous release from a `git worktree` (needs git), or
     --baseline-src PATH              its `src` folder copied beforehand (the device machine has no .git)
     --baseline-opts key=value,...    the baseline's settings (default: its defaults), e.g. fp8=true
@@ -223,11 +224,16 @@ def worker(args: argparse.Namespace) -> None:
                 loss = out.loss_sum.detach()
             if keep:  # as the trainer does: the next forward gathers the updated weights
                 reshard_all(model)
-            with torch.profiler.record_function("hrm::optimizer"):
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            with torch.profiler.record_function("hrm::ema"):
-                ema.update(model)
+            if hasattr(opt, "step_with_ema"):  # the EMA folded into the optimizer's pass (this tree)
+                with torch.profiler.record_function("hrm::optimizer"):
+                    opt.step_with_ema(ema, model)
+                    opt.zero_grad(set_to_none=True)
+            else:
+                with torch.profiler.record_function("hrm::optimizer"):
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                with torch.profiler.record_function("hrm::ema"):
+                    ema.update(model)
             return loss / n_loss, real
 
     res: dict[str, Any] = {"variant": args.name, "src": args.src, "opts": opts}
@@ -411,7 +417,8 @@ def main() -> None:
         variants.append(("baseline", base_src, parse_variant("baseline:" + args.baseline_opts)[1]))
     for spec in args.variant or ["new"]:
         name, opts = parse_variant(spec)
-        variants.append((name, str(REPO / "src"), opts))
+        src = opts.pop("src", None)  # another release's src folder (a second baseline)
+        variants.append((name, str(Path(src).resolve()) if src else str(REPO / "src"), opts))
 
     rate = matmul_rate()
     flops_tok = train_flops_per_token(cfg, args.K)

@@ -10,7 +10,7 @@ from hrm_text.config import Config, model_config
 from hrm_text.data.batch import pack_rows
 from hrm_text.model.lm import HRMTextLM
 from hrm_text.train.fp8 import FUSED_RECIPES
-from hrm_text.train.optim import AdamAtan2
+from hrm_text.train.optim import AdamAtan2, ModelEMA
 from hrm_text.train.step import forward_backward, prepare_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -45,6 +45,35 @@ def test_fused_adam_atan2_matches_foreach() -> None:
         assert torch.allclose(p, q, rtol=1e-6, atol=1e-7), (p - q).abs().max()
         sa, sb = opt_a.state[p], opt_b.state[q]
         assert torch.allclose(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_fused_adam_atan2_with_ema_matches_step_then_update(warmup: bool) -> None:
+    """The Triton kernel's EMA (folded into the optimizer's pass) against the separate foreach
+    lerp, including the lerp's second form (weights >= 0.5 while the EMA warms up) and a
+    parameter without a gradient (averaged by the EMA alone)."""
+    torch.manual_seed(0)
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        nets.append(torch.nn.Sequential(torch.nn.Linear(129, 257), torch.nn.Linear(257, 3)).cuda())
+    opts = [AdamAtan2(n.parameters(), lr=1e-2, weight_decay=0.1, fused=True) for n in nets]
+    emas = [ModelEMA(n, decay=0.99, warmup=warmup) for n in nets]
+    for step in range(5):
+        x = torch.randn(8, 129, device="cuda")
+        for n in nets:
+            n(x).square().sum().backward()
+            n[1].bias.grad = None
+        opts[0].step()
+        emas[0].update(nets[0])
+        opts[1].step_with_ema(emas[1], nets[1])
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+    for (name, a), (_, b) in zip(nets[0].named_parameters(), nets[1].named_parameters()):
+        assert torch.equal(a, b), name
+        sa, sb = emas[0].shadow[name], emas[1].shadow[name]
+        assert torch.allclose(sa, sb, rtol=1e-6, atol=1e-7), (name, (sa - sb).abs().max())
+        assert not torch.equal(sa, a), name  # averaged, not copied
 
 
 def _prepared(mcfg, **train_opts) -> HRMTextLM:

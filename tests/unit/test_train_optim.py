@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from hrm_text.train.optim import AdamAtan2, ModelEMA
+from hrm_text.train import optim
+from hrm_text.train.optim import AdamAtan2, ModelEMA, _step_single
 
 
 def reference_adam_atan2(p0, grads, lr, b1, b2, wd):
@@ -175,6 +176,60 @@ def test_ema_update_formula():
     for n, p in net.named_parameters():
         torch.testing.assert_close(ema.shadow[n], 0.9 * start[n] + 0.1 * p.detach())
     assert ema.num_updates == 1
+
+
+class _TorchKernels:
+    """Stands in for train/optim_kernels.py on CPU: the same bookkeeping, torch arithmetic; takes
+    every other parameter, as the real one leaves DTensor shards to the foreach path."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.taken: set[int] = set()
+
+    def supported(self, p, m):
+        take = self.calls % 2 == 0
+        self.calls += 1
+        if take:
+            self.taken.add(id(p))
+        return take
+
+    @staticmethod
+    def shadow_supported(p, s):
+        return s is not None
+
+    @staticmethod
+    def adam_atan2_step(params, exp_avgs, exp_avg_sqs, *, shadows, ema_weight, **kw):
+        _step_single(params, exp_avgs, exp_avg_sqs, **kw)
+        for p, s in zip(params, shadows):
+            if s is not None:
+                s.lerp_(p.detach(), ema_weight)
+
+
+@pytest.mark.parametrize("warmup", [False, True])  # warmup: lerp weights >= 0.5 at first
+def test_step_with_ema_equals_step_then_update(monkeypatch, warmup):
+    """The EMA folded into the optimizer's pass gives what step() + ema.update() give: every shadow
+    averaged exactly once per step, the kernel's and the others (including a parameter without a
+    gradient, which the optimizer skips and the EMA still averages)."""
+    nets = [_net(), _net()]
+    opts = [AdamAtan2(n.parameters(), lr=1e-2) for n in nets]
+    emas = [ModelEMA(n, decay=0.6, warmup=warmup) for n in nets]
+    kernels = _TorchKernels()
+    monkeypatch.setattr(optim, "_fused_kernels", lambda fused, device: kernels)
+    for step in range(4):
+        for n in nets:
+            torch.manual_seed(step)
+            n(torch.randn(5, 3)).square().sum().backward()
+            n[2].bias.grad = None  # no gradient this step
+        opts[0].step()
+        emas[0].update(nets[0])
+        opts[1].step_with_ema(emas[1], nets[1])
+        for n, o in zip(nets, opts):
+            o.zero_grad(set_to_none=True)
+    assert kernels.taken, "the stand-in kernel took no parameter"
+    for (na, a), (nb, b) in zip(nets[0].named_parameters(), nets[1].named_parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(emas[0].shadow[na], emas[1].shadow[nb], rtol=1e-6, atol=1e-7)
+    assert emas[1].num_updates == emas[0].num_updates == 4
 
 
 def test_ema_warmup_decay():

@@ -260,9 +260,8 @@ def run_grpo(cfg: Config, resume: str | None = "auto", progress: bool = True,
                 kl_sum += float(kl.sum().detach())
             (loss / max(n_resp, 1)).backward()
             pg_sum += float(-(a * lp.detach() * resp).sum())
-        opt.step()
+        opt.step_with_ema(ema, model)
         opt.zero_grad(set_to_none=True)
-        ema.update(model)
         step += 1
         groups = r.view(-1, rl.group_size)
         metrics = {

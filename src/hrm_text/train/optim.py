@@ -79,6 +79,22 @@ class AdamAtan2(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._update()
+        return loss
+
+    @torch.no_grad()
+    def step_with_ema(self, ema: ModelEMA, model: nn.Module) -> None:
+        """`step()` then `ema.update(model)`, with the same results. Where the fused kernel updates a
+        parameter it also folds the parameter into the EMA in that pass (one read of the weights
+        saved per step); `ema.update` then averages only the rest."""
+        shadows = dict(zip(map(id, ema.params_of(model)), ema.shadows()))
+        weight = 1.0 - ema.current_decay()
+        done = self._update(shadows, weight)
+        ema.update(model, skip=done)
+
+    def _update(self, shadows: dict[int, torch.Tensor] | None = None, ema_weight: float = 0.0) -> set[int]:
+        """The step itself; returns the ids of the parameters whose EMA shadow it also updated."""
+        done: set[int] = set()
         for group in self.param_groups:
             lr = float(group["lr"])
             b1, b2 = group["betas"]
@@ -107,14 +123,18 @@ class AdamAtan2(torch.optim.Optimizer):
                 if kernels is not None:
                     ok = [kernels.supported(p, m) for p, m in zip(params, exp_avgs)]
                     fused = [i for i, o in enumerate(ok) if o]
-                    kernels.adam_atan2_step([params[i] for i in fused], [exp_avgs[i] for i in fused],
-                                            [exp_avg_sqs[i] for i in fused], **kw)
+                    fp = [params[i] for i in fused]
+                    fs = [shadows.get(id(p)) for p in fp] if shadows else [None] * len(fp)
+                    fs = [x if kernels.shadow_supported(p, x) else None for p, x in zip(fp, fs)]
+                    kernels.adam_atan2_step(fp, [exp_avgs[i] for i in fused], [exp_avg_sqs[i] for i in fused],
+                                            shadows=fs, ema_weight=ema_weight, **kw)
+                    done.update(id(p) for p, x in zip(fp, fs) if x is not None)
                     rest = [i for i, o in enumerate(ok) if not o]
                     params, exp_avgs, exp_avg_sqs = ([x[i] for i in rest] for x in (params, exp_avgs, exp_avg_sqs))
                 if params:
                     fn = _step_foreach if use_foreach else _step_single
                     fn(params, exp_avgs, exp_avg_sqs, **kw)
-        return loss
+        return done
 
 
 def _fused_kernels(fused: bool | None, device: torch.device) -> Any:
@@ -203,6 +223,14 @@ class ModelEMA:
                 if p.requires_grad
             }
 
+    def shadows(self) -> list[torch.Tensor]:
+        """The averaged tensors, in the order of `params_of`."""
+        return list(self.shadow.values())
+
+    def params_of(self, model: nn.Module) -> list[torch.Tensor]:
+        """The model's parameters that the shadows average, in the order of `shadows()`."""
+        return self._pairs(model)[1]
+
     def _pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         params = {clean_param_name(n): p for n, p in model.named_parameters() if p.requires_grad}
         missing = set(self.shadow) - set(params)
@@ -220,12 +248,16 @@ class ModelEMA:
         return self.decay
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Fold the current parameters into the average; call after every optimizer step."""
+    def update(self, model: nn.Module, skip: set[int] | frozenset[int] = frozenset()) -> None:
+        """Fold the current parameters into the average; call after every optimizer step.
+        `skip`: ids of parameters whose shadow was already updated for this step
+        (`AdamAtan2.step_with_ema`)."""
         shadows, params = self._pairs(model)
         decay = self.current_decay()
         by_dtype: dict[tuple[Any, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for s, p in zip(shadows, params):
+            if id(p) in skip:
+                continue
             src = p.detach()
             if src.dtype != s.dtype:
                 src = src.to(s.dtype)

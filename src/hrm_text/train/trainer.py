@@ -384,9 +384,8 @@ def _loop(
         if stop.agreed:  # drop the partial step (gradients; its batches via data_state)
             opt.zero_grad(set_to_none=True)
             break
-        opt.step()
+        opt.step_with_ema(run.ema, model)  # the EMA folded into the optimizer's pass where it can be
         opt.zero_grad(set_to_none=True)
-        run.ema.update(model)
         end.step += 1
         step = end.step
         stats = torch.stack([loss_acc, correct_acc, torch.tensor(real_tokens, device=device), denom])
