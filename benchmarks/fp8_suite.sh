@@ -7,7 +7,7 @@
 #   xl      full XL, K = 5, 12,288-token rows: the previous release with fp8 on (if .prev/src was
 #           carried: `git archive <rev> src | tar -x -C .prev`), both settings off, the defaults;
 #           XL_VARIANTS (space-separated NAME:key=value,...; src=PATH for another release) and
-#           XL_VARIANT_S (each variant's time limit) change them
+#           XL_VARIANT_S (each variant's time limit) change them; XL_ARGS adds options (--profile)
 #   curve   the 300-step S loss curves of the default recipe against bf16, 3 seeds (a run cut short
 #           still leaves whole seeds), with bf16's own floor from an earlier report; CURVE_VARIANTS
 #           (space-separated NAME:key=value,...), CURVE_SEEDS, CURVE_PARALLEL and BF16_REPLICA change them
@@ -36,7 +36,7 @@ for v in ${XL_VARIANTS:-off:fp8=true,fp8_weight_cache=false,fused_wgrad=false de
 base=()
 if [ -d .prev/src ]; then base=(--baseline-src .prev/src --baseline-opts fp8=true); fi
 limit "$XL_S" python3 benchmarks/train_throughput.py --preset XL --tokens 12288 --K 5 --steps 6 "${base[@]}" \
-  "${xl_variants[@]}" --variant-timeout "${XL_VARIANT_S:-80}" --out /tmp/fp8_suite_xl 2>&1 | grep -v Warning | tail -8
+  "${xl_variants[@]}" ${XL_ARGS:-} --variant-timeout "${XL_VARIANT_S:-80}" --out /tmp/fp8_suite_xl 2>&1 | grep -v Warning | tail -8
 cp /tmp/fp8_suite_xl/train_throughput.json "$OUT/xl.json" 2>/dev/null
 tail -n 3 /tmp/fp8_suite_xl/log_*.txt > "$OUT/xl_logs.txt" 2>/dev/null
 variants=()

@@ -52,28 +52,39 @@ def test_fused_adam_atan2_with_ema_matches_step_then_update(warmup: bool) -> Non
     """The Triton kernel's EMA (folded into the optimizer's pass) against the separate foreach
     lerp, including the lerp's second form (weights >= 0.5 while the EMA warms up) and a
     parameter without a gradient (averaged by the EMA alone)."""
-    torch.manual_seed(0)
     nets = []
     for _ in range(2):
         torch.manual_seed(0)
         nets.append(torch.nn.Sequential(torch.nn.Linear(129, 257), torch.nn.Linear(257, 3)).cuda())
     opts = [AdamAtan2(n.parameters(), lr=1e-2, weight_decay=0.1, fused=True) for n in nets]
     emas = [ModelEMA(n, decay=0.99, warmup=warmup) for n in nets]
-    for step in range(5):
-        x = torch.randn(8, 129, device="cuda")
+    shapes = [p.shape for p in nets[0].parameters()]
+    for _ in range(5):
+        grads = [torch.randn(s, device="cuda") for s in shapes]
+        grads[-1] = None  # the last bias: no gradient
         for n in nets:
-            n(x).square().sum().backward()
-            n[1].bias.grad = None
+            for p, g in zip(n.parameters(), grads):
+                p.grad = None if g is None else g.clone()
         opts[0].step()
         emas[0].update(nets[0])
         opts[1].step_with_ema(emas[1], nets[1])
         for o in opts:
             o.zero_grad(set_to_none=True)
     for (name, a), (_, b) in zip(nets[0].named_parameters(), nets[1].named_parameters()):
-        assert torch.equal(a, b), name
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), (name, float((a - b).abs().max()))
         sa, sb = emas[0].shadow[name], emas[1].shadow[name]
-        assert torch.allclose(sa, sb, rtol=1e-6, atol=1e-7), (name, (sa - sb).abs().max())
-        assert not torch.equal(sa, a), name  # averaged, not copied
+        assert torch.allclose(sa, sb, rtol=1e-6, atol=1e-7), (name, float((sa - sb).abs().max()))
+        if name != "1.bias":  # the others moved, so the average trails them (the bias never moves)
+            assert not torch.equal(sa, a), name
+
+
+@pytest.fixture(autouse=True)
+def _fresh_compile_state():
+    """Every test compiles from a clean dynamo state. All blocks of all tests share one code
+    object, and past its recompile limit dynamo runs it eagerly without an error: a compiled
+    step would then silently be the eager one (seen in a whole-tier run, 2026-12-06)."""
+    torch._dynamo.reset()
+    yield
 
 
 def _prepared(mcfg, **train_opts) -> HRMTextLM:
@@ -115,16 +126,17 @@ def _grad_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def test_fp8_weight_cache_and_fused_wgrad_match_the_per_call_step(recipe: str) -> None:
     """Compiled, as in training, over two micro-steps with the weights changed in place in between
     (as an optimizer step changes them): quantizing the weights once per micro-step and adding
-    weight gradients into .grad inside the GEMM give the per-call step's losses and gradients.
+    weight gradients into .grad inside the GEMM give the per-call step's losses, and gradients as
+    close to the unquantized (bf16) step's as the per-call step's are.
 
-    The change (every matrix's rows rolled by one) moves the gradients far more than the tolerance,
-    so a cache left stale by the second micro-step would fail the gradient check. (The loss alone
-    cannot show it: at initialisation the logits are near uniform whatever the block weights.)
-
-    The gradient tolerance is the larger of 1% and 1.5x the floor: how far two compilations of the
-    very same per-call step (compiled and eager) already differ. float8 e4m3 keeps 3 mantissa bits,
-    so a different but equally valid order of float32 operations flips a few roundings by 1/16;
-    `fused_lowmem`'s weight gradient (from float8 inputs) shows this most."""
+    Why against bf16 and not against the per-call step directly: float8 e4m3 keeps 3 mantissa
+    bits, so an equally valid order of float32 operations flips a few roundings by 1/16. With the
+    weight quantization outside the block's graph, the compiler rounds `fused_lowmem`'s float8
+    copy of x (which also feeds its weight gradient) differently, and the gradients land about 6%
+    from the per-call step's, as far as the per-call step compiled lands from itself run eagerly
+    (docs/PERFORMANCE.md). Both are that far from bf16 in different directions; a wrong or stale
+    weight would be far further: the change (every matrix's rows rolled by one) moves the gradients
+    by over 100%, which the check below requires to be well beyond its tolerance."""
     from hrm_text.model.loss import gemm_out_dtype_ok
 
     if torch.cuda.get_device_capability() < (8, 9):
@@ -135,7 +147,7 @@ def test_fp8_weight_cache_and_fused_wgrad_match_the_per_call_step(recipe: str) -
     denom = float(batch.loss_index.numel())
 
     def two_steps(**opts: bool) -> tuple[float, float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        model = _prepared(mcfg, fp8=True, fp8_recipe=recipe, **opts)
+        model = _prepared(mcfg, **{"fp8": True, "fp8_recipe": recipe, **opts})
         first = float(forward_backward(model, batch, 5, denom, True).loss_sum)
         first_grads = {n: p.grad.float().clone() for n, p in model.named_parameters()}
         with torch.no_grad():
@@ -149,22 +161,22 @@ def test_fp8_weight_cache_and_fused_wgrad_match_the_per_call_step(recipe: str) -
         return first, second, grads, first_grads
 
     off = dict(fp8_weight_cache=False, fused_wgrad=False)
-    eager = two_steps(compile=False, **off)
-    base = two_steps(**off)
+    ref = two_steps(fp8=False)  # bf16, compiled
+    base = two_steps(**off)  # float8, the per-call step
     cache = two_steps(fp8_weight_cache=True, fused_wgrad=False)
     both = two_steps(fp8_weight_cache=True, fused_wgrad=True)
-    floor = _grad_gap(base[2], eager[2])
-    tol = max(1e-2, 1.5 * floor)
-    gaps = {"cache": _grad_gap(cache[2], base[2]), "both": _grad_gap(both[2], base[2])}
-    print(f"{recipe}: losses eager {eager[:2]} compiled {base[:2]} cache {cache[:2]} both {both[:2]}; "
-          f"gradient gaps to compiled: floor (eager) {floor:.4f}, {gaps}")
-    moved = _grad_gap(base[2], base[3])  # how far the weight change moved the gradients
+    err = {name: _grad_gap(run[2], ref[2]) for name, run in (("per-call", base), ("cache", cache), ("both", both))}
+    tol = 1.2 * err["per-call"] + 1e-2
+    print(f"{recipe}: losses bf16 {ref[:2]} per-call {base[:2]} cache {cache[:2]} both {both[:2]}; "
+          f"gradient gaps to bf16 {err} (tolerance {tol:.4f}); to the per-call step: "
+          f"cache {_grad_gap(cache[2], base[2]):.4f}, both {_grad_gap(both[2], base[2]):.4f}")
+    moved = _grad_gap(ref[2], ref[3])  # how far the weight change moved the gradients
     print(f"{recipe}: the weight change moved the gradients by {moved:.3f}")
     assert moved > 4 * tol, (moved, tol)  # so a stale cache could not pass the gap check below
     for name, run in (("cache", cache), ("both", both)):
         for i in (0, 1):
             assert abs(run[i] - base[i]) / base[i] < 1e-3, (name, i, run[:2], base[:2])
-        assert gaps[name] < tol, (name, gaps, floor)
+        assert err[name] < tol, (name, err)
 
 
 @pytest.mark.parametrize("recipe", ["fused", "fused_lowmem", "rowwise"])
