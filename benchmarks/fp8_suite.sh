@@ -2,7 +2,7 @@
 # One device call (about 9 minutes on an H100) for issue 10's open float8 questions, most valuable
 # first; each part has its own time limit (seconds; 0 skips it) and writes its own folder:
 #   test    the GPU test of the float8 weight cache and fused weight gradients (the defaults of
-#           train.fp8=true on one GPU) against the per-call step, with its compile-vs-eager floor;
+#           train.fp8=true on one GPU) against the per-call step and bf16;
 #           TEST_K picks other tests of that file; TEST_ALL=1 runs the whole GPU tier (torchao from .whl/)
 #   xl      full XL, K = 5, 12,288-token rows: the previous release with fp8 on (if .prev/src was
 #           carried: `git archive <rev> src | tar -x -C .prev`), both settings off, the defaults;

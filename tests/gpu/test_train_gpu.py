@@ -129,13 +129,13 @@ def test_fp8_weight_cache_and_fused_wgrad_match_the_per_call_step(recipe: str) -
     weight gradients into .grad inside the GEMM give the per-call step's losses, and gradients as
     close to the unquantized (bf16) step's as the per-call step's are.
 
-    Why against bf16 and not against the per-call step directly: float8 e4m3 keeps 3 mantissa
-    bits, so an equally valid order of float32 operations flips a few roundings by 1/16. With the
-    weight quantization outside the block's graph, the compiler rounds `fused_lowmem`'s float8
-    copy of x (which also feeds its weight gradient) differently, and the gradients land about 6%
-    from the per-call step's, as far as the per-call step compiled lands from itself run eagerly
-    (docs/PERFORMANCE.md). Both are that far from bf16 in different directions; a wrong or stale
-    weight would be far further: the change (every matrix's rows rolled by one) moves the gradients
+    Why against bf16 and not only against the per-call step: float8 e4m3 keeps 3 mantissa bits,
+    so any equally valid change of the graph that reorders float32 work flips a few roundings by
+    1/16 and moves this tiny model's gradients by about 6% (the per-call step compiled against
+    eager does). Today the cache is bit-equal to the per-call step (printed below), but a compiler
+    update may round x once differently without anything being wrong. Closeness to bf16 holds
+    either way, while a wrong or stale weight would be far off: the weight change (every matrix's
+    rows rolled by one) moves the gradients
     by over 100%, which the check below requires to be well beyond its tolerance."""
     from hrm_text.model.loss import gemm_out_dtype_ok
 

@@ -86,7 +86,8 @@ class AdamAtan2(torch.optim.Optimizer):
     def step_with_ema(self, ema: ModelEMA, model: nn.Module) -> None:
         """`step()` then `ema.update(model)`, with the same results. Where the fused kernel updates a
         parameter it also folds the parameter into the EMA in that pass (one read of the weights
-        saved per step); `ema.update` then averages only the rest."""
+        saved per step); `ema.update` then averages only the rest. Like a direct call of a
+        fused kernel, it runs no optimizer step hooks (none are registered here)."""
         shadows = dict(zip(map(id, ema.params_of(model)), ema.shadows()))
         weight = 1.0 - ema.current_decay()
         done = self._update(shadows, weight)
