@@ -224,16 +224,13 @@ def worker(args: argparse.Namespace) -> None:
                 loss = out.loss_sum.detach()
             if keep:  # as the trainer does: the next forward gathers the updated weights
                 reshard_all(model)
-            if hasattr(opt, "step_with_ema"):  # the EMA folded into the optimizer's pass (this tree)
-                with torch.profiler.record_function("hrm::optimizer"):
+            with torch.profiler.record_function("hrm::optimizer"):
+                if hasattr(opt, "step_with_ema"):  # the EMA folded into the optimizer's pass (this tree)
                     opt.step_with_ema(ema, model)
-                    opt.zero_grad(set_to_none=True)
-            else:
-                with torch.profiler.record_function("hrm::optimizer"):
+                else:
                     opt.step()
-                    opt.zero_grad(set_to_none=True)
-                with torch.profiler.record_function("hrm::ema"):
                     ema.update(model)
+                opt.zero_grad(set_to_none=True)
             return loss / n_loss, real
 
     res: dict[str, Any] = {"variant": args.name, "src": args.src, "opts": opts}

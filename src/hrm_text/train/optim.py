@@ -86,12 +86,11 @@ class AdamAtan2(torch.optim.Optimizer):
     def step_with_ema(self, ema: ModelEMA, model: nn.Module) -> None:
         """`step()` then `ema.update(model)`, with the same results. Where the fused kernel updates a
         parameter it also folds the parameter into the EMA in that pass (one read of the weights
-        saved per step); `ema.update` then averages only the rest. Like a direct call of a
+        saved per step); `ema.fold` then averages only the rest. Like a direct call of a
         fused kernel, it runs no optimizer step hooks (none are registered here)."""
-        shadows = dict(zip(map(id, ema.params_of(model)), ema.shadows()))
-        weight = 1.0 - ema.current_decay()
-        done = self._update(shadows, weight)
-        ema.update(model, skip=done)
+        shadows, params = ema.pairs(model)  # one walk of the model per step
+        done = self._update(dict(zip(map(id, params), shadows)), 1.0 - ema.current_decay())
+        ema.fold(shadows, params, skip=done)
 
     def _update(self, shadows: dict[int, torch.Tensor] | None = None, ema_weight: float = 0.0) -> set[int]:
         """The step itself; returns the ids of the parameters whose EMA shadow it also updated."""
@@ -224,15 +223,8 @@ class ModelEMA:
                 if p.requires_grad
             }
 
-    def shadows(self) -> list[torch.Tensor]:
-        """The averaged tensors, in the order of `params_of`."""
-        return list(self.shadow.values())
-
-    def params_of(self, model: nn.Module) -> list[torch.Tensor]:
-        """The model's parameters that the shadows average, in the order of `shadows()`."""
-        return self._pairs(model)[1]
-
-    def _pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The shadows and the model's parameters they average, in the same order."""
         params = {clean_param_name(n): p for n, p in model.named_parameters() if p.requires_grad}
         missing = set(self.shadow) - set(params)
         extra = set(params) - set(self.shadow)
@@ -248,12 +240,15 @@ class ModelEMA:
             return min(self.decay, (1.0 + n) / (10.0 + n))
         return self.decay
 
+    def update(self, model: nn.Module) -> None:
+        """Fold the current parameters into the average; call after every optimizer step."""
+        self.fold(*self.pairs(model))
+
     @torch.no_grad()
-    def update(self, model: nn.Module, skip: set[int] | frozenset[int] = frozenset()) -> None:
-        """Fold the current parameters into the average; call after every optimizer step.
-        `skip`: ids of parameters whose shadow was already updated for this step
-        (`AdamAtan2.step_with_ema`)."""
-        shadows, params = self._pairs(model)
+    def fold(self, shadows: list[torch.Tensor], params: list[torch.Tensor],
+             skip: set[int] | frozenset[int] = frozenset()) -> None:
+        """`update` on the lists of `pairs`; `skip`: ids of parameters whose shadow was already
+        updated for this step (`AdamAtan2.step_with_ema`)."""
         decay = self.current_decay()
         by_dtype: dict[tuple[Any, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for s, p in zip(shadows, params):
@@ -272,14 +267,14 @@ class ModelEMA:
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         """Overwrite the model's parameters with the averaged ones (e.g. before export)."""
-        shadows, params = self._pairs(model)
+        shadows, params = self.pairs(model)
         for s, p in zip(shadows, params):
             p.copy_(s)
 
     @contextlib.contextmanager
     def swap(self, model: nn.Module) -> Iterator[nn.Module]:
         """Evaluate with EMA weights inside the block; the training weights come back after, bitwise."""
-        shadows, params = self._pairs(model)
+        shadows, params = self.pairs(model)
         with torch.no_grad():
             backup = [p.detach().clone() for p in params]
             for s, p in zip(shadows, params):
