@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from cuda_timing import timed_steps  # noqa: E402
 from train_throughput import make_rows, matmul_rate  # noqa: E402  (the same rows and matmul rate as the throughput benchmark)
 
-from hrm_text.model.attention import attention, build_prefix_lm_mask  # noqa: E402
+from hrm_text.model.attention import FLEX_BLOCK, AttnMask, attention, build_prefix_lm_mask  # noqa: E402
 from hrm_text.model.layers import Block, RotaryEmbedding  # noqa: E402
 from hrm_text.train.fp8 import FUSED_RECIPES, convert_to_float8  # noqa: E402
 
@@ -111,9 +111,34 @@ def section_attention(rows: dict[str, torch.Tensor], reps: int, only_variants: l
         ("varlen (torch FA2, two calls)", "varlen", attention),
         ("cudnn (two ragged calls)", "cudnn", attention),
         ("cudnn (two ragged calls), exact max lengths", "cudnn", _exact_max(attention)),
+        ("flex, doc-id mask_mod (before 2026-12-07)", "flex_docid", attention),
+        # the kernel's own rate on simpler masks (their own pair counts; outputs differ from ours)
+        ("flex, causal over the whole row (kernel rate)", "flex_causal", attention),
+        ("flex, no mask (kernel rate)", "flex_none", attention),
     ]
     if only_variants:
         variants = [v for v in variants if any(o in v[0] for o in only_variants)]
+
+    def make_mask(i: int, backend: str) -> Any:
+        from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+
+        if backend == "flex_docid":  # the same block tables, the mask_mod of both sides' doc ids and flags
+            bm = build_prefix_lm_mask(docs[i], pres[i], "flex").block_mask
+            doc, pre = docs[i].to(torch.int32), pres[i]
+
+            def mod(b: Any, h: Any, q: Any, k: Any) -> Any:
+                return (doc[b, q] == doc[b, k]) & ((k <= q) | (pre[b, q] & pre[b, k]))
+
+            return AttnMask("flex", block_mask=BlockMask.from_kv_blocks(
+                bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices,
+                BLOCK_SIZE=FLEX_BLOCK, mask_mod=mod, seq_lengths=(T, T)))
+        if backend == "flex_causal":
+            return AttnMask("flex", block_mask=create_block_mask(lambda b, h, q, k: k <= q, 1, None, T, T, device=dev))
+        if backend == "flex_none":
+            return AttnMask("flex", block_mask=create_block_mask(lambda b, h, q, k: q >= 0, 1, None, T, T, device=dev))
+        return build_prefix_lm_mask(docs[i], pres[i], backend)
+
+    own_pairs = {"flex_causal": T * (T + 1) // 2, "flex_none": T * T}
     results = []
     ref_out: list[torch.Tensor] = []
     ref_grads: list[tuple[torch.Tensor, ...]] = []
@@ -121,7 +146,7 @@ def section_attention(rows: dict[str, torch.Tensor], reps: int, only_variants: l
         res: dict[str, Any] = {"variant": name, "backend": backend}
         try:
             t0 = time.time()
-            masks = [build_prefix_lm_mask(docs[i], pres[i], backend) for i in range(nrows)]
+            masks = [make_mask(i, backend) for i in range(nrows)]
             torch.cuda.synchronize()
             # first forward+backward on each row: compile (first row) and per-shape plan builds (cuDNN)
             first = []
@@ -132,13 +157,15 @@ def section_attention(rows: dict[str, torch.Tensor], reps: int, only_variants: l
                 torch.cuda.synchronize()
                 first.append(round((time.time() - t1) * 1e3, 1))
             res["first_call_ms_per_row"] = first
-            res["mask_build_ms"] = timed(lambda: build_prefix_lm_mask(docs[0], pres[0], backend), 5)
+            res["mask_build_ms"] = timed(lambda: make_mask(0, backend), 5)
             errs = []
             for i in range(nrows):
                 q, k, v = (t.detach().requires_grad_() for t in qkv[i])
                 out = fn(q, k, v, masks[i])
                 grads = torch.autograd.grad(out, (q, k, v), dout[i])
-                if not ref_out or len(ref_out) <= i:
+                if backend in own_pairs:
+                    pass  # another mask: nothing to compare
+                elif not ref_out or len(ref_out) <= i:
                     ref_out.append(out.detach())
                     ref_grads.append(tuple(x.detach() for x in grads))
                 else:
@@ -163,8 +190,9 @@ def section_attention(rows: dict[str, torch.Tensor], reps: int, only_variants: l
 
             res["fwd_ms"] = timed(fwd, reps)
             res["fwd_bwd_ms"] = timed(fwd_bwd, reps)
-            res["fwd_tflops"] = fwd_flop / res["fwd_ms"] / 1e9
-            res["fwd_bwd_tflops"] = 3.5 * fwd_flop / res["fwd_bwd_ms"] / 1e9  # backward = 2.5x forward
+            flop = 4 * own_pairs[backend] * H * D if backend in own_pairs else fwd_flop
+            res["fwd_tflops"] = flop / res["fwd_ms"] / 1e9
+            res["fwd_bwd_tflops"] = 3.5 * flop / res["fwd_bwd_ms"] / 1e9  # backward = 2.5x forward
             # the step at K = 5: 48 layer calls forward only, 80 forward + backward
             res["step_attention_ms_est"] = 48 * res["fwd_ms"] + 80 * res["fwd_bwd_ms"]
         except Exception as e:  # noqa: BLE001 - one failed variant must not hide the others

@@ -132,6 +132,25 @@ def _profile_split(prof: Any) -> dict[str, float]:
     return totals
 
 
+def _kernel_table(prof: Any, steps: int, top: int = 80) -> str:
+    """The `top` kernels by device time: ms per step, launches per step, class, full name."""
+    from torch.autograd import DeviceType
+
+    agg: dict[str, list[float]] = {}
+    for evt in prof.events():
+        if evt.device_type != DeviceType.CUDA or evt.name == "Command Buffer Full" or evt.name.startswith("hrm::"):
+            continue
+        if getattr(evt, "is_user_annotation", False):
+            continue
+        a = agg.setdefault(evt.name, [0.0, 0])
+        a[0] += evt.self_device_time_total / 1e3
+        a[1] += 1
+    lines = [f"{'ms/step':>9} {'calls':>6}  {'class':<17} kernel"]
+    for name, (ms, n) in sorted(agg.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"{ms / steps:9.2f} {n / steps:6.0f}  {_classify(name):<17} {name[:220]}")
+    return "\n".join(lines) + "\n"
+
+
 def worker(args: argparse.Namespace) -> None:
     t_launch = float(os.environ["HRM_BENCH_LAUNCH"])
     faulthandler.dump_traceback_later(60, repeat=True)  # where a slow cold start spends its time
@@ -285,6 +304,7 @@ def worker(args: argparse.Namespace) -> None:
         if args.trace_dir:
             table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40)
             Path(args.trace_dir, f"profile_{args.name}.txt").write_text(table)
+            Path(args.trace_dir, f"kernels_{args.name}.txt").write_text(_kernel_table(prof, 2))
     try:
         from torch._dynamo.utils import compile_times
 

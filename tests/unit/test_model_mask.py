@@ -225,3 +225,42 @@ def test_flex_fa4_is_refused_clearly_without_its_kernels(monkeypatch):
     monkeypatch.setattr(attn, "_compiled_flex", lambda: lambda q, k, v, **kw: seen.update(kw) or q)
     attn.attention(*(torch.zeros(1, 1, 8, 4) for _ in range(3)), mask)
     assert seen["kernel_options"] == {"BACKEND": "FLASH"} and seen["block_mask"] is mask.block_mask
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_query_bounds_are_the_prefix_lm_rule_on_packed_rows(seed):
+    """Each query's [lo, hi] key interval (flex's mask_mod) is exactly the PrefixLM rule on rows
+    packed by data/batch.py, padding included."""
+    from hrm_text.model.attention import query_bounds
+
+    rng = random.Random(seed)
+    T = 200
+    rows = []
+    for _ in range(3):
+        row, used = [], 0
+        while rng.random() > 0.15:
+            p, r = rng.randint(1, 40), rng.randint(1, 40)
+            if used + p + r > T:
+                break
+            row.append(([5] * p, [6] * r))
+            used += p + r
+        rows.append(row or [([5] * 3, [6] * 2)])
+    batch = pack_rows(rows, T)
+    lo, hi = query_bounds(batch.doc_ids, batch.is_prefix)
+    k = torch.arange(T)
+    got = (k >= lo[..., None]) & (k <= hi[..., None])
+    assert torch.equal(got, dense_prefix_lm_mask(batch.doc_ids, batch.is_prefix)[:, 0])
+
+
+@pytest.mark.parametrize("doc,pre", [
+    ([0, 0, 1, 1, 0, 0, -1, -1], [1, 0, 1, 0, 0, 0, 0, 0]),  # example 0 in two runs
+    ([0, 0, -1, -1, 1, 1, -1, -1], [1, 0, 0, 0, 1, 0, 0, 0]),  # padding inside the row
+    ([0, 0, 0, 1, 1, 1, -1, -1], [1, 0, 1, 1, 0, 0, 0, 0]),  # instruction after the response
+])
+def test_query_bounds_refuse_rows_not_packed_as_batch_py_does(doc, pre):
+    """Where the interval form would differ from the rule, the mask builder stops with a message
+    (on CPU at once; on CUDA at the next synchronisation) instead of masking wrong."""
+    from hrm_text.model.attention import query_bounds
+
+    with pytest.raises(RuntimeError, match="rows must be packed"):
+        query_bounds(torch.tensor([doc], dtype=torch.int32), torch.tensor([pre], dtype=torch.bool))

@@ -114,29 +114,53 @@ def build_prefix_lm_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor, backend
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(ATTN_BACKENDS)}")
 
 
+def query_bounds(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's allowed keys as one interval [lo, hi] (int32 [B, T], inclusive), no host sync.
+
+    Exact for rows laid out as data/batch.py packs them: each example one contiguous run with its
+    instruction first, padding only at the end of a row. Then a query may attend from its
+    example's first position up to the end of the instruction (instruction queries) or up to
+    itself (response and padding queries). Another layout fails an asynchronous device-side check
+    (raised at the next synchronisation; at once on CPU) rather than silently masking wrong."""
+    B, T = doc_ids.shape
+    same = doc_ids[:, 1:] == doc_ids[:, :-1]
+    ordered = torch.where(doc_ids < 0, torch.iinfo(doc_ids.dtype).max, doc_ids)  # padding sorts last
+    ok = (ordered[:, 1:] >= ordered[:, :-1]).all() & ~(same & is_prefix[:, 1:] & ~is_prefix[:, :-1]).any()
+    torch._assert_async(ok, "PrefixLM flex mask: rows must be packed as data/batch.py does (each example one "
+                        "contiguous run with its instruction first, padding at the end of the row)")
+    pos = torch.arange(T, device=doc_ids.device).expand(B, T)
+    start = torch.ones_like(doc_ids, dtype=torch.bool)
+    start[:, 1:] = ~same
+    lo = torch.where(start, pos, 0).cummax(-1).values
+    # the first position after q that ends q's instruction: a response token or another example
+    stop = torch.where(start | ~is_prefix, pos, T)
+    stop = torch.cat([stop[:, 1:], torch.full_like(stop[:, :1], T)], dim=1).flip(-1).cummin(-1).values.flip(-1)
+    hi = torch.where(is_prefix, stop - 1, pos)
+    return lo.to(torch.int32), hi.to(torch.int32)
+
+
 def _flex_block_mask(doc_ids: torch.Tensor, is_prefix: torch.Tensor) -> Any:
+    """The PrefixLM BlockMask. Its mask_mod reads two bounds per query (`query_bounds`): cheaper in
+    the kernel's partially masked blocks than comparing doc ids and instruction flags of both
+    sides, and the block tables are counted from the bounds without a dense [T, T] mask."""
     from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
     B, T = doc_ids.shape
-    doc = doc_ids.to(torch.int32)
-    pre = is_prefix
+    lo, hi = query_bounds(doc_ids, is_prefix)
 
     def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return (doc[b, q] == doc[b, k]) & ((k <= q) | (pre[b, q] & pre[b, k]))
+        return (k >= lo[b, q]) & (k <= hi[b, q])
 
     S = FLEX_BLOCK
     if T % S:
         # Not compiled: a cold compile of the mask builder took over 240 of the 272 s from launch to
         # the first step at XL width on an H200 (docs/PERFORMANCE.md).
         return create_block_mask(mask_mod, B, None, T, T, device=doc_ids.device, _compile=False)
-    # The block tables straight from the dense mask, row by row: a few large elementwise kernels and
-    # one reduction (about 1 ms at T = 12,288 on an H100, against 9 ms for the eager
-    # create_block_mask, which evaluates mask_mod in many small pieces).
     n = T // S
-    counts = torch.stack([
-        dense_prefix_lm_mask(doc_ids[b : b + 1], is_prefix[b : b + 1]).view(n, S, n, S).sum((1, 3), dtype=torch.int32)
-        for b in range(B)
-    ])  # [B, n, n] allowed pairs per (query block, key block)
+    first = torch.arange(n, device=doc_ids.device, dtype=torch.int32) * S  # key blocks' first positions
+    # allowed keys of each query inside each key block, summed over the query block: [B, n, n]
+    inside = (torch.minimum(hi[..., None], first + S - 1) - torch.maximum(lo[..., None], first) + 1).clamp_min(0)
+    counts = inside.view(B, n, S, n).sum(2, dtype=torch.int32)
     full = counts == S * S
     partial = (counts > 0) & ~full
 
