@@ -10,7 +10,8 @@ with CUDA events, reads peak memory, and profiles two steps to split the time by
         --baseline-commit 3d5ee6a --variant new --variant fp8:fp8=true --out $OUT
 
     --variant NAME[:key=value,...]   train.* settings of this tree (fp8, activation_memory_budget,
-                                     recompute_calls, compile, attn_backend, fsdp_keep_gathered);
+                                     recompute_calls, compile, attn_backend, fsdp_keep_gathered)
+                                     or compiler ones (inductor.triton.multi_kernel=1);
                                      repeatable; "new" = defaults; src=PATH runs another
                                      release's `src` folder (a second baseline, same rows)
     --baseline-commit REV            the previous release from a `git worktree` (needs git), or
@@ -186,7 +187,15 @@ def worker(args: argparse.Namespace) -> None:
     mcfg = model_config(args.preset, arch=args.arch, max_seq_len=max(4096, args.tokens), **extra)
     cfg = Config(model=mcfg)
     for k, v in opts.items():  # a train.* setting, or a model-level one of this release (attn_backend)
-        if hasattr(cfg.train, k):
+        if k.startswith("inductor."):  # a compiler setting, e.g. inductor.triton.multi_kernel=1
+            *path, leaf = k.split(".")[1:]
+            node = torch._inductor.config
+            for p in path:
+                node = getattr(node, p)
+            if not hasattr(node, leaf):
+                raise SystemExit(f"variant option {k!r}: torch._inductor.config has no such setting")
+            setattr(node, leaf, v)
+        elif hasattr(cfg.train, k):
             setattr(cfg.train, k, v)
         elif hasattr(mcfg, k):
             setattr(mcfg, k, v)
