@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One device call (about 9 minutes on an H100) for issue 10's attention question: what the
+# One device call (about 8 minutes on an H100) for issue 10's attention question: what the
 # PrefixLM mask costs flex, and the full step with this tree's mask against the previous release.
 # Parts, in this order (XL first: it decides; each part has its own time limit, 0 skips it):
 #   xl      full XL, K = 5, 12,288-token rows, train.fp8=true: the previous release (.prev/src,
 #           carried: `git archive <rev> src | tar -x -C .prev`) and this tree, with --profile;
 #           each variant's kernel table comes back (kernels_*.txt); XL_VARIANTS, XL_ARGS
-#           (then with inductor's multi-kernel: persistent reductions where they are faster; and with
-#           its coordinate-descent tuning of the Triton kernels' launch settings)
+#           (then with inductor's multi-kernel: persistent reductions where they are faster; other
+#           compiler settings as XL_VARIANTS such as fp8_cd:fp8=true,inductor.coordinate_descent_tuning=true)
 #   parts   attention alone at 12,288 tokens (benchmarks/step_parts.py): flex with today's mask
 #           (per-query bounds), the doc-id mask_mod it replaced (same block tables), and flex's own
 #           rate on a causal row and with no mask; ATTN_VARIANTS (space-separated name fragments)
@@ -19,10 +19,10 @@ OUT=${1:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
-PARTS_S=${PARTS_S:-130} XL_S=${XL_S:-400} CHECK_S=${CHECK_S:-50} TIER_S=${TIER_S:-0}
+PARTS_S=${PARTS_S:-130} XL_S=${XL_S:-330} CHECK_S=${CHECK_S:-50} TIER_S=${TIER_S:-0}
 limit() { if [ "$1" -gt 0 ]; then timeout "$@"; else echo "skipped (limit 0): ${*:2:3}"; fi; }
 xl_variants=()
-for v in ${XL_VARIANTS:-fp8:fp8=true fp8_multikernel:fp8=true,inductor.triton.multi_kernel=1 fp8_coordesc:fp8=true,inductor.coordinate_descent_tuning=true}; do xl_variants+=(--variant "$v"); done
+for v in ${XL_VARIANTS:-fp8:fp8=true fp8_multikernel:fp8=true,inductor.triton.multi_kernel=1}; do xl_variants+=(--variant "$v"); done
 base=()
 if [ -d .prev/src ]; then base=(--baseline-src .prev/src --baseline-opts fp8=true); fi
 limit "$XL_S" python3 benchmarks/train_throughput.py --preset XL --tokens 12288 --K 5 --steps 6 "${base[@]}" \
