@@ -10,5 +10,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -p no:cacheprovider -p no:warnings \
-  -m gpu tests/ 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
+# the whole log to a file as it runs (a run cut short by a time limit still leaves it), its end to stdout
+PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -p no:cacheprovider -p no:warnings -rfE --durations=5 \
+  -m gpu tests/ > "$OUT/gpu_tests.txt" 2>&1
+status=$?
+tail -25 "$OUT/gpu_tests.txt"
+exit $status

@@ -201,6 +201,9 @@ class TrainConfig:
     objective: Literal["prefix_lm", "causal_response", "causal_full"] = "prefix_lm"
     dtype: Literal["bf16", "fp32"] = "bf16"
     compile: bool = True
+    # inductor's multi-kernel for the compiled blocks: each row reduction (norms, float8 row scales)
+    # is built both looped and whole-row (persistent) and the faster is kept at its first run
+    multi_kernel: bool = True
     # speed and memory (train/step.py; measured in docs/PERFORMANCE.md)
     fp8: bool = False  # float8 training of the block projections (H100/H200 class GPUs)
     # fused: ours (train/fp8.py: float8 forward and input-gradient GEMMs, casts fused by compile);

@@ -50,3 +50,19 @@ def test_a_plain_model_is_not_sharded():
     from hrm_text.train.step import _sharded
 
     assert not _sharded(_model())
+
+
+@pytest.mark.parametrize("multi_kernel", [True, False])
+def test_blocks_are_compiled_with_multi_kernel_as_configured(monkeypatch, multi_kernel):
+    """On CUDA every block is compiled, with inductor's multi-kernel where train.multi_kernel asks
+    (the row reductions are wider than inductor's whole-row limit); on CPU nothing is compiled."""
+    from hrm_text.model.layers import Block
+
+    seen = []
+    monkeypatch.setattr(Block, "compile", lambda self, **kw: seen.append(kw))
+    model = _model()
+    prepare_model(model, TrainConfig(multi_kernel=multi_kernel), torch.device("cpu"))
+    assert seen == []
+    prepare_model(model, TrainConfig(multi_kernel=multi_kernel), torch.device("cuda"))
+    assert len(seen) == len(list(model.blocks())) > 0
+    assert all(kw == {"options": {"triton.multi_kernel": 1} if multi_kernel else None} for kw in seen)
