@@ -65,4 +65,5 @@ def test_blocks_are_compiled_with_multi_kernel_as_configured(monkeypatch, multi_
     assert seen == []
     prepare_model(model, TrainConfig(multi_kernel=multi_kernel), torch.device("cuda"))
     assert len(seen) == len(list(model.blocks())) > 0
-    assert all(kw == {"options": {"triton.multi_kernel": 1} if multi_kernel else None} for kw in seen)
+    want = {"triton.multi_kernel": 1, "fx_graph_cache": False} if multi_kernel else None
+    assert all(kw == {"options": want} for kw in seen)

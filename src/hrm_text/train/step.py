@@ -6,8 +6,8 @@
 The speed levers live here, each a `train.*` setting (docs/PERFORMANCE.md has the measurements):
 - `compile`: every Block is compiled on its own (`Block.compile()`); all blocks share one graph,
   since dynamo treats their parameters as inputs, so compile time does not grow with depth.
-  `multi_kernel`: inductor builds each row reduction both looped and whole-row and keeps the
-  faster at its first run.
+  `multi_kernel` (opt-in): inductor builds each row reduction both looped and whole-row and
+  keeps the faster at its first run.
 - `fp8` (+ `fp8_recipe`): float8 training of the block projections (train/fp8.py: float8 forward
   and input-gradient GEMMs, row-wise scales whose casts fuse into the neighbouring kernels under
   compile; or one of torchao's recipes). The output head stays bf16. With our recipes on one
@@ -79,8 +79,10 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
         functorch_config.activation_memory_budget = t.activation_memory_budget
     if t.compile and device.type == "cuda":
         # multi-kernel: the rows here (1,536 to 8,192 wide) exceed inductor's whole-row limit of
-        # 1,024, so without it the norms and float8 scales loop over each row 2-3 times
-        options = {"triton.multi_kernel": 1} if t.multi_kernel else None
+        # 1,024, so without it the norms and float8 scales loop over each row 2-3 times. Loading
+        # such a graph from inductor's cache failed in torch 2.11 (MultiKernelCall on a cache hit),
+        # so its graphs skip that cache: the path measured, cold at every launch.
+        options = {"triton.multi_kernel": 1, "fx_graph_cache": False} if t.multi_kernel else None
         for blk in model.blocks():
             blk.compile(options=options)
 
