@@ -115,36 +115,33 @@ def _classify(name: str) -> str:
     return "other_elementwise"
 
 
-def _profile_split(prof: Any) -> dict[str, float]:
-    """Device time per kind of work (ms over the profiled steps), from the kernel events alone, each
-    counted once and classified by name (the head's matmuls count as matmuls). Left out: the
-    profiler's "Command Buffer Full" entries (host waits) and the device-side spans of our
-    `record_function` ranges (hrm::step and the like span whole phases: they are not kernels)."""
+def _kernel_events(prof: Any) -> list[tuple[str, float]]:
+    """(name, device ms) of every kernel event, each counted once. Left out: the profiler's
+    "Command Buffer Full" entries (host waits) and the device-side spans of our `record_function`
+    ranges (hrm::step and the like span whole phases: they are not kernels)."""
     from torch.autograd import DeviceType
 
+    return [(evt.name, evt.self_device_time_total / 1e3) for evt in prof.events()
+            if evt.device_type == DeviceType.CUDA and evt.name != "Command Buffer Full"
+            and not getattr(evt, "is_user_annotation", False) and not evt.name.startswith("hrm::")]
+
+
+def _profile_split(prof: Any) -> dict[str, float]:
+    """Device time per kind of work (ms over the profiled steps), classified by kernel name (the
+    head's matmuls count as matmuls)."""
     totals: dict[str, float] = {}
-    for evt in prof.events():
-        if evt.device_type != DeviceType.CUDA or evt.name == "Command Buffer Full":
-            continue
-        if getattr(evt, "is_user_annotation", False) or evt.name.startswith("hrm::"):
-            continue
-        c = _classify(evt.name)
-        totals[c] = totals.get(c, 0.0) + evt.self_device_time_total / 1e3
+    for name, ms in _kernel_events(prof):
+        c = _classify(name)
+        totals[c] = totals.get(c, 0.0) + ms
     return totals
 
 
 def _kernel_table(prof: Any, steps: int, top: int = 80) -> str:
     """The `top` kernels by device time: ms per step, launches per step, class, full name."""
-    from torch.autograd import DeviceType
-
     agg: dict[str, list[float]] = {}
-    for evt in prof.events():
-        if evt.device_type != DeviceType.CUDA or evt.name == "Command Buffer Full" or evt.name.startswith("hrm::"):
-            continue
-        if getattr(evt, "is_user_annotation", False):
-            continue
-        a = agg.setdefault(evt.name, [0.0, 0])
-        a[0] += evt.self_device_time_total / 1e3
+    for name, ms in _kernel_events(prof):
+        a = agg.setdefault(name, [0.0, 0])
+        a[0] += ms
         a[1] += 1
     lines = [f"{'ms/step':>9} {'calls':>6}  {'class':<17} kernel"]
     for name, (ms, n) in sorted(agg.items(), key=lambda kv: -kv[1][0])[:top]:
@@ -189,10 +186,10 @@ def worker(args: argparse.Namespace) -> None:
     for k, v in opts.items():  # a train.* setting, or a model-level one of this release (attn_backend)
         if k.startswith("inductor."):  # a compiler setting, e.g. inductor.triton.multi_kernel=1
             *path, leaf = k.split(".")[1:]
-            node = torch._inductor.config
+            node: Any = torch._inductor.config
             for p in path:
-                node = getattr(node, p)
-            if not hasattr(node, leaf):
+                node = getattr(node, p, None)
+            if node is None or not hasattr(node, leaf):
                 raise SystemExit(f"variant option {k!r}: torch._inductor.config has no such setting")
             setattr(node, leaf, v)
         elif hasattr(cfg.train, k):

@@ -45,3 +45,21 @@ def test_split_counts_kernels_only():
     ])
     assert tt._profile_split(prof) == {"matmul": 2.0, "attention": 1.0, "fused_elementwise": 0.5,
                                        "optimizer_ema": 0.3, "other_elementwise": 0.1}
+
+
+def test_kernel_table_lists_kernels_per_step_by_time():
+    """The kernel table: the same kernels as the split (no spans, host waits or CPU ops), summed by
+    name, per step, largest first, with their class."""
+    prof = Prof([
+        Evt("hrm::step", 500_000.0, is_user_annotation=True),
+        Evt("Command Buffer Full", 90_000.0),
+        Evt("aten::mm", 7_000.0, device_type=DeviceType.CPU),
+        Evt("_adam_atan2_kernel", 300.0),
+        Evt("nvjet_sm90_qqtst_128x128", 2_000.0),
+        Evt("nvjet_sm90_qqtst_128x128", 2_000.0),
+        Evt("_adam_atan2_kernel", 300.0),
+    ])
+    lines = tt._kernel_table(prof, steps=2).splitlines()
+    assert lines[0].split() == ["ms/step", "calls", "class", "kernel"]
+    assert [line.split() for line in lines[1:]] == [["2.00", "1", "matmul", "nvjet_sm90_qqtst_128x128"],
+                                                    ["0.30", "1", "optimizer_ema", "_adam_atan2_kernel"]]
