@@ -28,12 +28,12 @@ def brute_force_mask(rows, T):
     return m
 
 
-def random_rows(rng: random.Random, T: int, B: int):
+def random_rows(rng: random.Random, T: int, B: int, max_len: int = 6):
     rows = []
     for _ in range(B):
         row, used = [], 0
         while True:
-            p, r = rng.randint(1, 6), rng.randint(1, 6)
+            p, r = rng.randint(1, max_len), rng.randint(1, max_len)
             if used + p + r > T or rng.random() < 0.15:
                 break
             row.append(([rng.randint(3, 50) for _ in range(p)], [rng.randint(3, 50) for _ in range(r)]))
@@ -233,19 +233,8 @@ def test_query_bounds_are_the_prefix_lm_rule_on_packed_rows(seed):
     packed by data/batch.py, padding included."""
     from hrm_text.model.attention import query_bounds
 
-    rng = random.Random(seed)
     T = 200
-    rows = []
-    for _ in range(3):
-        row, used = [], 0
-        while rng.random() > 0.15:
-            p, r = rng.randint(1, 40), rng.randint(1, 40)
-            if used + p + r > T:
-                break
-            row.append(([5] * p, [6] * r))
-            used += p + r
-        rows.append(row or [([5] * 3, [6] * 2)])
-    batch = pack_rows(rows, T)
+    batch = pack_rows(random_rows(random.Random(seed), T, 3, max_len=40), T)
     lo, hi = query_bounds(batch.doc_ids, batch.is_prefix)
     k = torch.arange(T)
     got = (k >= lo[..., None]) & (k <= hi[..., None])
