@@ -36,6 +36,8 @@ for v in ${ATTN_VARIANTS:-"current default" "doc-id" "causal over" "no mask"}; d
 limit "$PARTS_S" python3 benchmarks/step_parts.py --only attention "${attn[@]}" --out /tmp/attn_suite_parts \
   > /tmp/attn_suite_parts.log 2>&1
 grep -E "^\| attention|Error" /tmp/attn_suite_parts.log | head -20
+grep -A4 "AUTOTUNE" /tmp/attn_suite_parts.log | cut -c1-400 | head -40  # the configs max-autotune chose
+cp /tmp/attn_suite_parts.log "$OUT/parts.log" 2>/dev/null
 cp /tmp/attn_suite_parts/step_parts.json "$OUT/parts.json" 2>/dev/null
 limit "$CHECK_S" python3 benchmarks/check_attention_gpu.py --out "$OUT/attn_check.json" 2>&1 | tail -4
 limit "$TIER_S" bash benchmarks/gpu_tests.sh "$OUT"

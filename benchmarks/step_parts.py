@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from cuda_timing import timed_steps  # noqa: E402
 from train_throughput import make_rows, matmul_rate  # noqa: E402  (the same rows and matmul rate as the throughput benchmark)
 
-from hrm_text.model.attention import FLEX_BLOCK, AttnMask, attention, build_prefix_lm_mask  # noqa: E402
+from hrm_text.model.attention import FLEX_BLOCK, AttnMask, attention, build_prefix_lm_mask, query_bounds  # noqa: E402
 from hrm_text.model.layers import Block, RotaryEmbedding  # noqa: E402
 from hrm_text.train.fp8 import FUSED_RECIPES, convert_to_float8  # noqa: E402
 
@@ -93,6 +93,12 @@ def section_attention(rows: dict[str, torch.Tensor], reps: int, only_variants: l
     dout = [torch.randn(1, H, T, D, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(nrows)]
 
     flex_c = torch.compile(flex_attention, dynamic=False)
+    # inductor times flex's candidate kernel configs on these shapes and keeps the fastest; the
+    # choices and their times go to stderr ("AUTOTUNE flex_attention..."), read from the log
+    flex_tuned = torch.compile(flex_attention, dynamic=False, mode="max-autotune-no-cudagraphs")
+
+    def flex_autotuned(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any) -> torch.Tensor:
+        return flex_tuned(q, k, v, block_mask=mask.block_mask)
 
     def flex_with(opts: dict[str, Any]) -> Callable[..., torch.Tensor]:
         def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any) -> torch.Tensor:
@@ -107,6 +113,10 @@ def section_attention(rows: dict[str, torch.Tensor], reps: int, only_variants: l
              "bwd_num_warps": 8, "bwd_num_stages": 3})),
         ("flex fwd 128x128 w8 s2 (TMA)", "flex", flex_with(
             {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 128, "fwd_num_warps": 8, "fwd_num_stages": 2, "USE_TMA": True})),
+        ("flex autotuned (max-autotune)", "flex", flex_autotuned),
+        # 128-query x 64-key sparse blocks: fewer masked pairs in the partial blocks
+        ("flex kv64 sparse blocks", "flex_kv64", flex_with({"fwd_BLOCK_N": 64, "bwd_BLOCK_N1": 64, "bwd_BLOCK_N2": 64})),
+        ("flex kv64 sparse blocks, autotuned", "flex_kv64", flex_autotuned),
         ("flex_fa4 (flex on FlashAttention-4 CuTe kernels)", "flex_fa4", attention),
         ("varlen (torch FA2, two calls)", "varlen", attention),
         ("cudnn (two ragged calls)", "cudnn", attention),
@@ -132,6 +142,10 @@ def section_attention(rows: dict[str, torch.Tensor], reps: int, only_variants: l
             return AttnMask("flex", block_mask=BlockMask.from_kv_blocks(
                 bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices,
                 BLOCK_SIZE=FLEX_BLOCK, mask_mod=mod, seq_lengths=(T, T)))
+        if backend == "flex_kv64":  # the bounds mask_mod at 128 x 64 block granularity
+            lo, hi = query_bounds(docs[i], pres[i])
+            return AttnMask("flex", block_mask=create_block_mask(
+                lambda b, h, q, k: (k >= lo[b, q]) & (k <= hi[b, q]), 1, None, T, T, device=dev, BLOCK_SIZE=(FLEX_BLOCK, 64)))
         if backend == "flex_causal":
             return AttnMask("flex", block_mask=create_block_mask(lambda b, h, q, k: k <= q, 1, None, T, T, device=dev))
         if backend == "flex_none":
