@@ -4,12 +4,14 @@
 # Parts, in this order (XL first: it decides; each part has its own time limit, 0 skips it):
 #   xl      full XL, K = 5, 12,288-token rows, train.fp8=true: the previous release (.prev/src,
 #           carried: `git archive <rev> src | tar -x -C .prev`) and this tree, with --profile;
-#           each variant's kernel table comes back (kernels_*.txt); XL_VARIANTS, XL_ARGS
+#           each variant's kernel table comes back (kernels_*.txt); XL_VARIANTS, XL_ARGS, BASE_OPTS
+#           (the previous release's settings, default fp8=true; empty: its defaults, bf16)
 #           (then with train.multi_kernel=true: persistent reductions where they are faster; other
 #           compiler settings as XL_VARIANTS such as fp8_cd:fp8=true,inductor.coordinate_descent_tuning=true)
 #   parts   attention alone at 12,288 tokens (benchmarks/step_parts.py): flex with today's mask
 #           (per-query bounds), the doc-id mask_mod it replaced (same block tables), and flex's own
-#           rate on a causal row and with no mask; ATTN_VARIANTS (space-separated name fragments)
+#           rate on a causal row and with no mask; flex autotuned (max-autotune: the configs it chose
+#           are in parts.log) and 128 x 64 sparse blocks; ATTN_VARIANTS (space-separated name fragments)
 #   check   flex against sdpa on the GPU (benchmarks/check_attention_gpu.py)
 #   tier    the whole GPU test tier (benchmarks/gpu_tests.sh; torchao from .whl/ if carried); off
 #           unless TIER_S > 0
@@ -24,7 +26,7 @@ limit() { if [ "$1" -gt 0 ]; then timeout "$@"; else echo "skipped (limit 0): ${
 xl_variants=()
 for v in ${XL_VARIANTS:-fp8:fp8=true fp8_multikernel:fp8=true,multi_kernel=true}; do xl_variants+=(--variant "$v"); done
 base=()
-if [ -d .prev/src ]; then base=(--baseline-src .prev/src --baseline-opts fp8=true); fi
+if [ -d .prev/src ]; then base=(--baseline-src .prev/src --baseline-opts "${BASE_OPTS-fp8=true}"); fi
 limit "$XL_S" python3 benchmarks/train_throughput.py --preset XL --tokens 12288 --K 5 --steps 6 "${base[@]}" \
   "${xl_variants[@]}" --profile ${XL_ARGS:-} --variant-timeout "${XL_VARIANT_S:-95}" --out /tmp/attn_suite_xl 2>&1 \
   | grep -v Warning | tail -12
