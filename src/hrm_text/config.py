@@ -202,10 +202,10 @@ class TrainConfig:
     dtype: Literal["bf16", "fp32"] = "bf16"
     compile: bool = True
     # inductor's multi-kernel for the compiled blocks: each row reduction (norms, float8 row scales)
-    # is built both looped and whole-row (persistent) and the faster is kept at its first run.
-    # Opt-in: with torch 2.11 a compile-cache hit of such a graph failed (docs/PERFORMANCE.md), so
-    # the blocks then compile from cold at every launch
-    multi_kernel: bool = False
+    # is built both looped and whole-row (persistent) and the faster is kept at its first run
+    # (+2-4% at XL). With torch 2.11 a compile-cache hit of such a graph failed, so these graphs skip
+    # inductor's cache and compile from cold at every launch (about 40 s at XL; docs/PERFORMANCE.md)
+    multi_kernel: bool = True
     # speed and memory (train/step.py; measured in docs/PERFORMANCE.md)
     fp8: bool = False  # float8 training of the block projections (H100/H200 class GPUs)
     # fused: ours (train/fp8.py: float8 forward and input-gradient GEMMs, casts fused by compile);

@@ -6,8 +6,9 @@
 The speed levers live here, each a `train.*` setting (docs/PERFORMANCE.md has the measurements):
 - `compile`: every Block is compiled on its own (`Block.compile()`); all blocks share one graph,
   since dynamo treats their parameters as inputs, so compile time does not grow with depth.
-  `multi_kernel` (opt-in): inductor builds each row reduction both looped and whole-row and
-  keeps the faster at its first run.
+  `multi_kernel` (default on): inductor builds each row reduction both looped and whole-row and
+  keeps the faster at its first run; those graphs skip inductor's compile cache (torch 2.11
+  failed to load them from it).
 - `fp8` (+ `fp8_recipe`): float8 training of the block projections (train/fp8.py: float8 forward
   and input-gradient GEMMs, row-wise scales whose casts fuse into the neighbouring kernels under
   compile; or one of torchao's recipes). The output head stays bf16. With our recipes on one
