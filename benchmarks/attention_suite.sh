@@ -6,8 +6,8 @@
 #           carried: `git archive <rev> src | tar -x -C .prev`) and this tree, with --profile;
 #           each variant's kernel table comes back (kernels_*.txt); XL_VARIANTS, XL_ARGS, BASE_OPTS
 #           (the previous release's settings, default fp8=true; empty: its defaults, bf16)
-#           (then with train.multi_kernel=true: persistent reductions where they are faster; other
-#           compiler settings as XL_VARIANTS such as fp8_cd:fp8=true,inductor.coordinate_descent_tuning=true)
+#           (then with train.multi_kernel=false, the compile-cached path without whole-row reductions;
+#           other compiler settings as XL_VARIANTS such as fp8_cd:fp8=true,inductor.coordinate_descent_tuning=true)
 #   parts   attention alone at 12,288 tokens (benchmarks/step_parts.py): flex with today's mask
 #           (per-query bounds), the doc-id mask_mod it replaced (same block tables), and flex's own
 #           rate on a causal row and with no mask; flex autotuned (max-autotune: the configs it chose
@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 
 PARTS_S=${PARTS_S:-110} XL_S=${XL_S:-300} CHECK_S=${CHECK_S:-40} TIER_S=${TIER_S:-0}
 limit() { if [ "$1" -gt 0 ]; then timeout "$@"; else echo "skipped (limit 0): ${*:2:3}"; fi; }
 xl_variants=()
-for v in ${XL_VARIANTS:-fp8:fp8=true fp8_multikernel:fp8=true,multi_kernel=true}; do xl_variants+=(--variant "$v"); done
+for v in ${XL_VARIANTS:-fp8:fp8=true fp8_no_multikernel:fp8=true,multi_kernel=false}; do xl_variants+=(--variant "$v"); done
 base=()
 if [ -d .prev/src ]; then base=(--baseline-src .prev/src --baseline-opts "${BASE_OPTS-fp8=true}"); fi
 limit "$XL_S" python3 benchmarks/train_throughput.py --preset XL --tokens 12288 --K 5 --steps 6 "${base[@]}" \

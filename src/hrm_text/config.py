@@ -203,7 +203,7 @@ class TrainConfig:
     compile: bool = True
     # inductor's multi-kernel for the compiled blocks: each row reduction (norms, float8 row scales)
     # is built both looped and whole-row (persistent) and the faster is kept at its first run
-    # (+2-4% at XL). With torch 2.11 a compile-cache hit of such a graph failed, so these graphs skip
+    # (+1.2-2.4% at XL). With torch 2.11 a compile-cache hit of such a graph failed, so these graphs skip
     # inductor's cache and compile from cold at every launch (about 40 s at XL; docs/PERFORMANCE.md)
     multi_kernel: bool = True
     # speed and memory (train/step.py; measured in docs/PERFORMANCE.md)
