@@ -14,7 +14,10 @@
 #           are in parts.log) and 128 x 64 sparse blocks; ATTN_VARIANTS (space-separated name fragments)
 #   check   flex against sdpa on the GPU (benchmarks/check_attention_gpu.py)
 #   tier    the whole GPU test tier (benchmarks/gpu_tests.sh; torchao from .whl/ if carried); off
-#           unless TIER_S > 0
+#           unless TIER_S > 0 (it needs about 190 s on an H100)
+#   cli     `hrm-text quickstart --minutes 0.5` launched twice on the GPU, the second on the first's
+#           warm compile caches (the trainer's default path, multi-kernel on); off unless CLI_S > 0
+#           (each launch gets CLI_S seconds; about 120 is enough)
 # Run from the repo root on the GPU machine:   bash benchmarks/attention_suite.sh "$OUT"   (PARTS_S=... XL_S=...)
 set -u
 OUT=${1:-/tmp/out}
@@ -43,4 +46,9 @@ cp /tmp/attn_suite_parts.log "$OUT/parts.log" 2>/dev/null
 cp /tmp/attn_suite_parts/step_parts.json "$OUT/parts.json" 2>/dev/null
 limit "$CHECK_S" python3 benchmarks/check_attention_gpu.py --out "$OUT/attn_check.json" 2>&1 | tail -4
 limit "$TIER_S" bash benchmarks/gpu_tests.sh "$OUT"
+CLI_S=${CLI_S:-0}
+for i in 1 2; do
+  limit "$CLI_S" python3 -m hrm_text.cli quickstart --out "/tmp/attn_suite_qs$i" --minutes 0.5 > "$OUT/quickstart_gpu_$i.log" 2>&1
+  echo "quickstart launch $i: exit status $?"; tail -n 2 "$OUT/quickstart_gpu_$i.log" | cut -c1-300
+done
 ls "$OUT"
