@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from cuda_timing import timed_steps  # noqa: E402
 from train_throughput import make_rows, matmul_rate  # noqa: E402  (the same rows and matmul rate as the throughput benchmark)
 
-from hrm_text.model.attention import FLEX_BLOCK, AttnMask, attention, build_prefix_lm_mask, query_bounds  # noqa: E402
+from hrm_text.model.attention import FLEX_BLOCK, AttnMask, attention, build_prefix_lm_mask  # noqa: E402
 from hrm_text.model.layers import Block, RotaryEmbedding  # noqa: E402
 from hrm_text.train.fp8 import FUSED_RECIPES, convert_to_float8  # noqa: E402
 
@@ -142,10 +142,9 @@ def section_attention(rows: dict[str, torch.Tensor], reps: int, only_variants: l
             return AttnMask("flex", block_mask=BlockMask.from_kv_blocks(
                 bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices,
                 BLOCK_SIZE=FLEX_BLOCK, mask_mod=mod, seq_lengths=(T, T)))
-        if backend == "flex_kv64":  # the bounds mask_mod at 128 x 64 block granularity
-            lo, hi = query_bounds(docs[i], pres[i])
-            return AttnMask("flex", block_mask=create_block_mask(
-                lambda b, h, q, k: (k >= lo[b, q]) & (k <= hi[b, q]), 1, None, T, T, device=dev, BLOCK_SIZE=(FLEX_BLOCK, 64)))
+        if backend == "flex_kv64":  # today's mask_mod (per-query bounds) at 128 x 64 block granularity
+            mod = build_prefix_lm_mask(docs[i], pres[i], "flex").block_mask.mask_mod
+            return AttnMask("flex", block_mask=create_block_mask(mod, 1, None, T, T, device=dev, BLOCK_SIZE=(FLEX_BLOCK, 64)))
         if backend == "flex_causal":
             return AttnMask("flex", block_mask=create_block_mask(lambda b, h, q, k: k <= q, 1, None, T, T, device=dev))
         if backend == "flex_none":
