@@ -145,3 +145,23 @@ def test_tokenize_prints_row_totals_across_files(tmp_path):
     res = CliRunner().invoke(_cli(), args)
     assert res.exit_code == 0 and "1 file(s) tokenized" in res.output, res.output
     assert "rows across 3 file(s): 6 kept, 4 skipped (1 empty_response, 2 malformed_json, 1 missing_field)" in res.output
+
+
+def test_missing_data_extra_is_a_clear_error_before_any_work(tmp_path, monkeypatch):
+    import importlib.util
+
+    from hrm_text.config import ConfigError
+    from hrm_text.data import builtin
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(builtin.importlib.util, "find_spec", lambda name, *a: None if name == "sudoku" else real(name, *a))
+    assert builtin.missing_packages(["arith", "sudoku"]) == ["py-sudoku"]
+    assert builtin.missing_packages(["arith"]) == []
+    with pytest.raises(ConfigError, match=r"py-sudoku.*pip install 'hrm-text\[data\]'"):
+        write_builtin_corpus(tmp_path / "a", "quickstart", workers=1, parts=["arith", "sudoku"])
+    assert not (tmp_path / "a").exists()  # refused before writing anything
+    r = CliRunner()
+    for args in (["data", "builtin", str(tmp_path / "b"), "--parts", "arith,sudoku", "--workers", "1"],
+                 ["quickstart", "--out", str(tmp_path / "q"), "--device", "cpu"]):
+        res = r.invoke(_cli(), args)
+        assert res.exit_code == 2 and "py-sudoku" in res.output and "Traceback" not in res.output, (args, res.output)

@@ -48,6 +48,7 @@ Layout (see `builtin_heldout_files`):
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -60,6 +61,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+
+from hrm_text.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,12 @@ SIZES: dict[str, BuiltinSize] = {
 }
 PARTS = ("arith", "dm_math", "sudoku", "nl_docs")
 DEFAULT_PARTS = ("arith", "dm_math", "sudoku")  # nl_docs is opt-in: it reads every installed package (minutes)
+
+# modules each part imports (all from the `data` extra), checked before any work starts
+PART_MODULES: dict[str, tuple[tuple[str, str], ...]] = {
+    "dm_math": (("mathematics_dataset", "mathematics-dataset"), ("sympy", "sympy"), ("absl", "absl-py")),
+    "sudoku": (("sudoku", "py-sudoku"),),
+}
 
 ARITH_HELDOUT_MODULO = 50  # crc32(problem) % 50 == 0 -> held-out partition (2%)
 CHUNK = 2_000  # rows per parallel task
@@ -440,6 +449,16 @@ def builtin_heldout_files(corpus_dir: str | os.PathLike) -> dict[str, Path]:
     return {n: d / f"{n}.jsonl" for n in names if (d / f"{n}.jsonl").is_file()}
 
 
+def missing_packages(parts: Iterable[str]) -> list[str]:
+    """The pip names of the packages that `parts` need and this Python cannot import."""
+    names = []
+    for p in parts:
+        for module, package in PART_MODULES.get(p, ()):
+            if importlib.util.find_spec(module) is None and package not in names:
+                names.append(package)
+    return names
+
+
 def write_builtin_corpus(
     out_dir: str | os.PathLike,
     size: str = "quickstart",
@@ -460,6 +479,12 @@ def write_builtin_corpus(
     for p in parts:
         if p not in PARTS:
             raise ValueError(f"unknown part {p!r}; parts: {', '.join(PARTS)}")
+    missing = missing_packages(parts)
+    if missing:
+        raise ConfigError(
+            f"the built-in corpus needs {', '.join(missing)} (parts {', '.join(p for p in parts if p in PART_MODULES)}): "
+            "pip install 'hrm-text[data]'"
+        )
     S = SIZES[size]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
