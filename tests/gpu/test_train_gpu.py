@@ -118,6 +118,36 @@ def test_compiled_step_matches_eager(recompute_calls: int, multi_kernel: bool) -
     assert num / den < 2e-2, num / den
 
 
+def test_activation_memory_budget_saves_memory_and_keeps_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.activation_memory_budget < 1: the compiled blocks save fewer activations (the peak of
+    the step drops) and still give the full-memory step's loss and gradients."""
+    import torch._functorch.config as functorch_config
+
+    monkeypatch.setattr(functorch_config, "activation_memory_budget", 1.0)  # prepare_model sets a process global
+    mcfg = model_config("S", vocab_size=4096, n_layers=4)
+    batch = _batch(4096, mcfg.vocab_size, 2).with_loss_index().to("cuda")
+    runs = []
+    for budget in (1.0, 0.5):
+        torch._dynamo.reset()  # a fresh compile under this budget
+        model = _prepared(mcfg, activation_memory_budget=budget)
+        assert functorch_config.activation_memory_budget == budget
+        forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)  # compile
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)
+        torch.cuda.synchronize()
+        runs.append((torch.cuda.max_memory_allocated() - base, out.loss_sum, [p.grad.clone() for p in model.parameters()]))
+        del model
+    (m_full, l_full, g_full), (m_half, l_half, g_half) = runs
+    assert m_half < 0.9 * m_full, (m_half, m_full)
+    assert torch.allclose(l_full, l_half, rtol=2e-3), (l_full, l_half)
+    num = sum(float((a - b).float().norm() ** 2) for a, b in zip(g_full, g_half)) ** 0.5
+    den = sum(float(a.float().norm() ** 2) for a in g_full) ** 0.5
+    assert num / den < 2e-2, num / den
+
+
 def test_multi_kernel_blocks_compile_again_in_a_warm_process() -> None:
     """train.multi_kernel: a second compile of the same blocks in one process (the compile caches
     warm, as on a resumed or repeated run) works and gives the first one's loss. With torch 2.11 a

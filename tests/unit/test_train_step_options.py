@@ -67,3 +67,21 @@ def test_blocks_are_compiled_with_multi_kernel_as_configured(monkeypatch, multi_
     assert len(seen) == len(list(model.blocks())) > 0
     want = {"triton.multi_kernel": 1, "fx_graph_cache": False} if multi_kernel else None
     assert all(kw == {"options": want} for kw in seen)
+
+
+@pytest.mark.parametrize("budget", [0.0, -0.1, 1.5])
+def test_activation_memory_budget_outside_0_1_is_refused_by_name(budget):
+    with pytest.raises(ConfigError, match=f"train.activation_memory_budget must be in \\(0, 1\\] \\(got {budget}\\)"):
+        prepare_model(_model(), TrainConfig(activation_memory_budget=budget), torch.device("cpu"))
+
+
+def test_activation_memory_budget_reaches_the_partitioner(monkeypatch):
+    """The compiler's min-cut partitioner reads it when the blocks compile (measured on a GPU:
+    docs/PERFORMANCE.md, tenth session); 1.0 leaves the compiler's own setting alone."""
+    import torch._functorch.config as functorch_config
+
+    monkeypatch.setattr(functorch_config, "activation_memory_budget", 1.0)
+    prepare_model(_model(), TrainConfig(activation_memory_budget=1.0), torch.device("cpu"))
+    assert functorch_config.activation_memory_budget == 1.0
+    prepare_model(_model(), TrainConfig(activation_memory_budget=0.7), torch.device("cpu"))
+    assert functorch_config.activation_memory_budget == 0.7
