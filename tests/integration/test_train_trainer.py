@@ -323,3 +323,51 @@ def test_keep_gathered_all_gathers_each_block_once_per_step(tmp_path):
         counts[bool(flag)] = {k: v for k, v in ev.items() if k.startswith("FSDP::all_gather (model.")}
     assert counts[True] and set(counts[True].values()) == {1}
     assert all(v > 1 for v in counts[False].values())
+
+
+def test_out_of_memory_names_the_settings_that_fit_and_keeps_the_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """An accelerator OOM in a step is a message with the settings that need less memory and the
+    newest checkpoint (exit status 1), not a traceback."""
+    import torch
+    from typer.testing import CliRunner
+
+    from hrm_text.checkpoint.store import checkpoint_name
+    from hrm_text.cli import app
+    from hrm_text.train import trainer
+
+    calls = []
+    real = trainer.forward_backward
+
+    def fails_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 4:  # two micro-steps per step: steps 1 and 2 complete
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "forward_backward", fails_at_step_3)
+    over = tiny_train_overrides(tiny_data, tmp_path / "run", 6, **{"data.tokens_per_rank": 1024,
+                                                                   "train.global_batch_tokens": 2048, "train.ckpt_every": 2})
+    res = CliRunner().invoke(app, ["train", *over])
+    assert res.exit_code == 1, res.output
+    out = res.output
+    assert "out of memory on cpu" in out and "1,024-token rows (2 micro-step(s)" in out, out
+    assert "train.recompute_calls=1" in out and "data.tokens_per_rank=512" in out
+    assert "train.fp8" not in out and "activation_memory_budget" not in out  # neither works on a CPU
+    assert checkpoint_name(2) in out.split("newest checkpoint:")[1] and "Traceback" not in out, out
+    calls.clear()
+    with pytest.raises(trainer.OutOfMemory, match="train.recompute_calls=1"):
+        trainer.train(load_config(None, over), resume=None, progress=False)
+
+
+def test_memory_settings_leave_out_what_is_already_on():
+    from hrm_text.train.trainer import memory_settings
+
+    def names(cuda, *over):
+        return [k.split("=")[0] for k, _ in memory_settings(load_config(None, ["model.preset=tiny", *over]), cuda)]
+
+    assert names(True) == ["train.fp8", "train.activation_memory_budget", "train.recompute_calls", "data.tokens_per_rank"]
+    assert names(False) == ["train.recompute_calls", "data.tokens_per_rank"]
+    assert names(True, "train.fp8=true", "train.activation_memory_budget=0.5", "data.tokens_per_rank=512") == ["train.recompute_calls"]
+    assert names(True, "train.compile=false") == ["train.fp8", "train.recompute_calls", "data.tokens_per_rank"]
+    cfg = load_config(None, ["model.preset=tiny", "train.activation_memory_budget=0.7", "train.recompute_calls=2"])
+    assert [k for k, _ in memory_settings(cfg, True)][1:3] == ["train.activation_memory_budget=0.5", "train.recompute_calls=3"]

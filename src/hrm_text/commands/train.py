@@ -38,17 +38,20 @@ def train_cmd(
         over.append(f"train.max_steps={max_steps}")
     if max_tokens is not None:
         over.append(f"train.max_tokens={max_tokens}")
+    # lazy (here and in every command): keeps `hrm-text --help` from importing torch
+    from hrm_text.eval.during_training import make_eval_fn
+    from hrm_text.train.trainer import OutOfMemory, train
+
     try:
         cfg = load_config(config, over)
-        # lazy (here and in every command): keeps `hrm-text --help` from importing torch
-        from hrm_text.eval.during_training import make_eval_fn
-        from hrm_text.train.trainer import train
-
         eval_fn = make_eval_fn(cfg) if cfg.wants_eval_during_training() else None  # a missing held-out file fails here
         result = train(cfg, resume=None if resume.lower() == "none" else resume, resume_data=resume_data, eval_fn=eval_fn)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
+    except OutOfMemory as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
     msg = "interrupted; " if result.interrupted else ""
     typer.echo(f"{msg}stopped at step {result.steps}; checkpoint: {result.final_checkpoint}")
 

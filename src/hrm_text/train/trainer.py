@@ -255,7 +255,11 @@ def train(
             log.info("training on %s; %s", run.device, run.layout.describe(run.loaders[0].steps_per_epoch, run.total_steps))
         stop = _StopFlag()
         stop.install()
-        end = _loop(run, logger, stop, on_step, eval_fn)
+        try:
+            end = _loop(run, logger, stop, on_step, eval_fn)
+        except torch.OutOfMemoryError as e:  # a setting the user can change: say which, not a traceback
+            _close(run, logger, stop)
+            raise OutOfMemory(out_of_memory_message(run.cfg, run.device, run.layout.accum, run.out_dir)) from e
         return _finish(run, logger, stop, end)
     finally:
         cleanup()
@@ -431,9 +435,53 @@ def _finish(run: _Run, logger: MetricsLogger, stop: _StopFlag, end: _LoopEnd) ->
     if (step > run.start_step or final is None) and end.saved_at != step:
         assert not stop.agreed or end.data_state is not None
         final = _save(run, logger, step, end.data_state if stop.agreed else run.loaders[0].state_dict())
+    _close(run, logger, stop)
+    barrier()
+    return TrainResult(step, end.losses, final, stop.agreed, end.evals)
+
+
+def _close(run: _Run, logger: MetricsLogger, stop: _StopFlag) -> None:
     logger.close()
     stop.restore()
     for ld in run.loaders:
         ld.close()
-    barrier()
-    return TrainResult(step, end.losses, final, stop.agreed, end.evals)
+
+
+class OutOfMemory(RuntimeError):
+    """The accelerator ran out of memory in a training step; the message names the settings that
+    would fit (train.fp8, train.activation_memory_budget, train.recompute_calls, data.tokens_per_rank)."""
+
+
+def memory_settings(cfg: Config, cuda: bool) -> list[tuple[str, str]]:
+    """(setting, what it does) for each change that lowers a training step's memory, leaving out
+    those already on. Figures: XL, K = 5, 12,288-token rows, one H100 (docs/PERFORMANCE.md)."""
+    t, rows = cfg.train, cfg.data.tokens_per_rank
+    out = []
+    if cuda and not t.fp8:
+        out.append(("train.fp8=true", "float8 projections on H100/H200-class GPUs (XL at 12,288-token rows: 74 GB)"))
+    if cuda and t.compile and t.activation_memory_budget > 0.5:  # read when the blocks compile (CUDA only)
+        out.append(("train.activation_memory_budget=0.7" if t.activation_memory_budget > 0.7 else "train.activation_memory_budget=0.5",
+                    "the compiler recomputes cheap activations in backward (bf16 XL at 12,288-token rows: 0.7 69 GB, 0.5 48 GB)"))
+    out.append((f"train.recompute_calls={t.recompute_calls + 1}", "one more recorded stack call recomputed in backward (about 10 GB less at XL)"))
+    if rows >= 1024:
+        out.append((f"data.tokens_per_rank={rows // 2}", "shorter rows: the same global batch, with twice the micro-steps"))
+    return out
+
+
+def out_of_memory_message(cfg: Config, device: torch.device, accum: int, out_dir: Path) -> str:
+    """What ran out, the settings that would need less memory, and the newest checkpoint."""
+    where, cuda = str(device), device.type == "cuda"
+    if cuda:
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        where = f"{torch.cuda.get_device_name(device)} ({total:.0f} GiB; {peak:.1f} GiB allocated at the peak)"
+    precision = "float8" if cfg.train.fp8 else "bf16" if cuda else "float32"
+    lines = [f"out of memory on {where}, training {cfg.model.preset or cfg.model.arch} with "
+             f"{cfg.data.tokens_per_rank:,}-token rows ({accum} micro-step(s) per optimizer step, {precision}). "
+             "Settings that need less memory:"]
+    settings = memory_settings(cfg, cuda)
+    width = max(len(k) for k, _ in settings)
+    lines += [f"  {k.ljust(width)}  {why}" for k, why in settings]
+    latest = ckpt.find_latest(out_dir)
+    lines.append(f"The newest checkpoint: {latest}" if latest is not None else "No checkpoint was written.")
+    return "\n".join(lines)
