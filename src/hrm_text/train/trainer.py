@@ -452,17 +452,19 @@ class OutOfMemory(RuntimeError):
     would fit (train.fp8, train.activation_memory_budget, train.recompute_calls, data.tokens_per_rank)."""
 
 
-def memory_settings(cfg: Config, cuda: bool) -> list[tuple[str, str]]:
-    """(setting, what it does) for each change that lowers a training step's memory, leaving out
-    those already on. Figures: XL, K = 5, 12,288-token rows, one H100 (docs/PERFORMANCE.md)."""
+def memory_settings(cfg: Config, cuda: bool, float8: bool) -> list[tuple[str, str]]:
+    """(setting, what it does) for each change that lowers a training step's memory on this device
+    (`float8`: it has float8 GEMMs), leaving out those already on or at their limit. Figures: XL,
+    K = 5, 12,288-token rows, one H100 (docs/PERFORMANCE.md)."""
     t, rows = cfg.train, cfg.data.tokens_per_rank
     out = []
-    if cuda and not t.fp8:
+    if float8 and not t.fp8:
         out.append(("train.fp8=true", "float8 projections on H100/H200-class GPUs (XL at 12,288-token rows: 74 GB)"))
     if cuda and t.compile and t.activation_memory_budget > 0.5:  # read when the blocks compile (CUDA only)
         out.append(("train.activation_memory_budget=0.7" if t.activation_memory_budget > 0.7 else "train.activation_memory_budget=0.5",
                     "the compiler recomputes cheap activations in backward (bf16 XL at 12,288-token rows: 0.7 69 GB, 0.5 48 GB)"))
-    out.append((f"train.recompute_calls={t.recompute_calls + 1}", "one more recorded stack call recomputed in backward (about 10 GB less at XL)"))
+    if t.recompute_calls < t.bp_max_steps:  # at most every recorded call
+        out.append((f"train.recompute_calls={t.recompute_calls + 1}", "one more recorded stack call recomputed in backward (about 10 GB less at XL)"))
     if rows >= 1024:
         out.append((f"data.tokens_per_rank={rows // 2}", "shorter rows: the same global batch, with twice the micro-steps"))
     return out
@@ -479,8 +481,8 @@ def out_of_memory_message(cfg: Config, device: torch.device, accum: int, out_dir
     lines = [f"out of memory on {where}, training {cfg.model.preset or cfg.model.arch} with "
              f"{cfg.data.tokens_per_rank:,}-token rows ({accum} micro-step(s) per optimizer step, {precision}). "
              "Settings that need less memory:"]
-    settings = memory_settings(cfg, cuda)
-    width = max(len(k) for k, _ in settings)
+    settings = memory_settings(cfg, cuda, cuda and torch.cuda.get_device_capability(device) >= (8, 9))
+    width = max((len(k) for k, _ in settings), default=0)
     lines += [f"  {k.ljust(width)}  {why}" for k, why in settings]
     latest = ckpt.find_latest(out_dir)
     lines.append(f"The newest checkpoint: {latest}" if latest is not None else "No checkpoint was written.")
