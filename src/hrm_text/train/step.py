@@ -37,12 +37,17 @@ from hrm_text.train.fp8 import (FUSED_RECIPES, cache_weights, convert_to_float8,
 log = logging.getLogger(__name__)
 
 
+def float8_gemms(device: torch.device) -> bool:
+    """Whether `device` runs float8 matmuls (CUDA compute capability 8.9+: H100, H200, L40S, ...)."""
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
 def apply_fp8(model: HRMTextLM, recipe: str = TrainConfig.fp8_recipe) -> int:
     """Swap the block projections to float8 training linears; returns how many. The head
     (65k-wide, run on labelled rows only by the fused loss) stays in bf16."""
     if recipe not in FP8_RECIPES:
         raise ConfigError(f"train.fp8_recipe={recipe!r} is not one of {', '.join(FP8_RECIPES)}")
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+    if not float8_gemms(torch.device("cuda")):
         raise ConfigError("train.fp8=true needs a GPU with float8 matmuls (compute capability 8.9+: H100, H200, L40S, ...)")
     if recipe in FUSED_RECIPES:  # ours
         return convert_to_float8(model, **FUSED_RECIPES[recipe])

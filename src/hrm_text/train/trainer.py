@@ -35,7 +35,7 @@ from hrm_text.train.distributed import (DistInfo, all_reduce_sum, apply_fsdp2, b
 from hrm_text.train.metrics import MetricsLogger, device_peak_flops
 from hrm_text.train.optim import AdamAtan2, ModelEMA
 from hrm_text.train.schedule import bp_steps_at, lr_at
-from hrm_text.train.step import forward_backward, prepare_model
+from hrm_text.train.step import float8_gemms, forward_backward, prepare_model
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def train(
             end = _loop(run, logger, stop, on_step, eval_fn)
         except torch.OutOfMemoryError as e:  # a setting the user can change: say which, not a traceback
             _close(run, logger, stop)
-            raise OutOfMemory(out_of_memory_message(run.cfg, run.device, run.layout.accum, run.out_dir)) from e
+            raise OutOfMemory(out_of_memory_message(run)) from e
         return _finish(run, logger, stop, end)
     finally:
         cleanup()
@@ -470,20 +470,21 @@ def memory_settings(cfg: Config, cuda: bool, float8: bool) -> list[tuple[str, st
     return out
 
 
-def out_of_memory_message(cfg: Config, device: torch.device, accum: int, out_dir: Path) -> str:
+def out_of_memory_message(run: _Run) -> str:
     """What ran out, the settings that would need less memory, and the newest checkpoint."""
+    cfg, device = run.cfg, run.device
     where, cuda = str(device), device.type == "cuda"
     if cuda:
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
         peak = torch.cuda.max_memory_allocated(device) / 2**30
         where = f"{torch.cuda.get_device_name(device)} ({total:.0f} GiB; {peak:.1f} GiB allocated at the peak)"
-    precision = "float8" if cfg.train.fp8 else "bf16" if cuda else "float32"
+    precision = "float8" if cfg.train.fp8 else "bf16" if run.use_bf16 else "float32"
     lines = [f"out of memory on {where}, training {cfg.model.preset or cfg.model.arch} with "
-             f"{cfg.data.tokens_per_rank:,}-token rows ({accum} micro-step(s) per optimizer step, {precision}). "
+             f"{cfg.data.tokens_per_rank:,}-token rows ({run.layout.accum} micro-step(s) per optimizer step, {precision}). "
              "Settings that need less memory:"]
-    settings = memory_settings(cfg, cuda, cuda and torch.cuda.get_device_capability(device) >= (8, 9))
+    settings = memory_settings(cfg, cuda, float8_gemms(device))
     width = max((len(k) for k, _ in settings), default=0)
     lines += [f"  {k.ljust(width)}  {why}" for k, why in settings]
-    latest = ckpt.find_latest(out_dir)
+    latest = ckpt.find_latest(run.out_dir)
     lines.append(f"The newest checkpoint: {latest}" if latest is not None else "No checkpoint was written.")
     return "\n".join(lines)
