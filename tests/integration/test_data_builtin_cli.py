@@ -155,10 +155,11 @@ def test_missing_data_extra_is_a_clear_error_before_any_work(tmp_path, monkeypat
 
     real = importlib.util.find_spec
     monkeypatch.setattr(builtin.importlib.util, "find_spec", lambda name, *a: None if name == "sudoku" else real(name, *a))
-    assert builtin.missing_packages(["arith", "sudoku"]) == ["py-sudoku"]
-    assert builtin.missing_packages(["arith"]) == []
-    with pytest.raises(ConfigError, match=r"py-sudoku.*pip install 'hrm-text\[data\]'"):
-        write_builtin_corpus(tmp_path / "a", "quickstart", workers=1, parts=["arith", "sudoku"])
+    assert builtin.missing_packages(["arith", "dm_math", "sudoku"]) == {"py-sudoku": ["sudoku"]}
+    assert builtin.missing_packages(["arith", "dm_math"]) == {}
+    # only the part whose package is missing is named, not every part that needs the extra
+    with pytest.raises(ConfigError, match=r"lacks: py-sudoku \(part sudoku\)\. pip install 'hrm-text\[data\]'$"):
+        write_builtin_corpus(tmp_path / "a", "quickstart", workers=1, parts=["arith", "dm_math", "sudoku"])
     assert not (tmp_path / "a").exists()  # refused before writing anything
     r = CliRunner()
     for args in (["data", "builtin", str(tmp_path / "b"), "--parts", "arith,sudoku", "--workers", "1"],

@@ -359,6 +359,30 @@ def test_out_of_memory_names_the_settings_that_fit_and_keeps_the_checkpoint(tiny
         trainer.train(load_config(None, over), resume=None, progress=False)
 
 
+def test_out_of_memory_while_placing_the_model_names_sharding_not_step_settings(tiny_data, tmp_path, monkeypatch):
+    """An OOM before the first step (the model, its optimizer and EMA do not fit) is a message
+    naming the model's size and the way out (more ranks, a smaller preset), exit status 1."""
+    import torch
+    from typer.testing import CliRunner
+
+    from hrm_text.cli import app
+    from hrm_text.model.flops import count_params
+    from hrm_text.train import trainer
+
+    def no_room(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    monkeypatch.setattr(trainer, "prepare_model", no_room)
+    over = tiny_train_overrides(tiny_data, tmp_path / "run", 2)
+    res = CliRunner().invoke(app, ["train", *over])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    n = count_params(load_config(None, over).model).total
+    out = " ".join(res.output.split())  # the terminal may wrap the message
+    assert "out of memory on cpu while placing the model" in out and f"{n / 1e6:,.0f}M parameters" in out, out
+    assert f"{n * 20 / 2**30:,.1f} GiB per process over 1 process(es)" in out and "torchrun" in out, out
+    assert "train.recompute_calls" not in out  # no step setting helps here
+
+
 def test_memory_settings_leave_out_what_is_already_on():
     from hrm_text.train.trainer import memory_settings
 

@@ -449,13 +449,14 @@ def builtin_heldout_files(corpus_dir: str | os.PathLike) -> dict[str, Path]:
     return {n: d / f"{n}.jsonl" for n in names if (d / f"{n}.jsonl").is_file()}
 
 
-def missing_packages(parts: Iterable[str]) -> list[str]:
-    """The pip names of the packages that `parts` need and this Python cannot import."""
-    names = []
+def missing_packages(parts: Iterable[str]) -> dict[str, list[str]]:
+    """The pip names of the packages that `parts` need and this Python cannot import, each with
+    the parts that need it (in the order given)."""
+    names: dict[str, list[str]] = {}
     for p in parts:
         for module, package in PART_MODULES.get(p, ()):
-            if importlib.util.find_spec(module) is None and package not in names:
-                names.append(package)
+            if importlib.util.find_spec(module) is None:
+                names.setdefault(package, []).append(p)
     return names
 
 
@@ -481,10 +482,8 @@ def write_builtin_corpus(
             raise ValueError(f"unknown part {p!r}; parts: {', '.join(PARTS)}")
     missing = missing_packages(parts)
     if missing:
-        raise ConfigError(
-            f"the built-in corpus needs {', '.join(missing)} (parts {', '.join(p for p in parts if p in PART_MODULES)}): "
-            "pip install 'hrm-text[data]'"
-        )
+        needs = "; ".join(f"{pkg} (part {', '.join(ps)})" for pkg, ps in missing.items())
+        raise ConfigError(f"the built-in corpus needs packages this Python lacks: {needs}. pip install 'hrm-text[data]'")
     S = SIZES[size]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

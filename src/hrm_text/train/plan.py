@@ -133,12 +133,18 @@ def activation_bytes_per_token_per_layer(cfg: ModelConfig) -> float:
     return 2.0 * (2 * h + 6 * inner + 3 * inter)
 
 
+def sharded_state_bytes(cfg: ModelConfig, gpus: int = 1) -> float:
+    """float32 weights, gradients, Adam's two moments and the EMA, divided over `gpus` FSDP ranks:
+    what training holds per rank before any activation."""
+    return count_params(cfg).total * (4 + 4 + 8 + 4) / gpus
+
+
 def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str, tokens_per_rank: int, grad_accum_steps: int = 1,
                     bp_steps: int | None = None) -> MemoryEstimate:
     """Peak memory one rank needs (estimate; see the module docstring for the assumptions)."""
     gpu = _check_gpu(gpu)
     params = count_params(cfg)
-    states = params.total * (4 + 4 + 8 + 4) / gpus
+    states = sharded_state_bytes(cfg, gpus)
     emb = params.total - params.non_embedding  # input embedding + head, in FSDP's root unit
     gathered = 2.0 * (emb + 2 * block_params(cfg))
     K = TrainConfig().final_bp_steps(cfg.arch) if bp_steps is None else bp_steps  # the paper's steady K
@@ -252,5 +258,5 @@ def plan(
 
 __all__ = [
     "ESTIMATE_MFU", "GPUS", "MemoryEstimate", "PlanResult", "THROUGHPUT_TABLE", "Throughput",
-    "activation_bytes_per_token_per_layer", "memory_per_rank", "plan", "throughput_for",
+    "activation_bytes_per_token_per_layer", "memory_per_rank", "plan", "sharded_state_bytes", "throughput_for",
 ]

@@ -34,6 +34,7 @@ from hrm_text.train.distributed import (DistInfo, all_reduce_sum, apply_fsdp2, b
                                         init_distributed, is_initialized, reshard_all)
 from hrm_text.train.metrics import MetricsLogger, device_peak_flops
 from hrm_text.train.optim import AdamAtan2, ModelEMA
+from hrm_text.train.plan import sharded_state_bytes
 from hrm_text.train.schedule import bp_steps_at, lr_at
 from hrm_text.train.step import float8_gemms, forward_backward, prepare_model
 
@@ -239,10 +240,13 @@ def train(
         )
     dist = init_distributed()
     try:
-        run = _setup(cfg, dist, data, tok, resume)
-        if run.resume_path is not None:
-            _restore(run, resume_data)
-        elif dist.is_main:
+        try:
+            run = _setup(cfg, dist, data, tok, resume)
+            if run.resume_path is not None:
+                _restore(run, resume_data)
+        except torch.OutOfMemoryError as e:  # the weights and their states alone do not fit
+            raise OutOfMemory(setup_out_of_memory_message(cfg, dist.world_size, _device(dist))) from e
+        if run.resume_path is None and dist.is_main:
             log.info("model %s: %s", cfg.model.preset or cfg.model.arch, count_params(cfg.model))
         peak, peak_src = device_peak_flops(run.device)
         t = cfg.train
@@ -448,8 +452,9 @@ def _close(run: _Run, logger: MetricsLogger, stop: _StopFlag) -> None:
 
 
 class OutOfMemory(RuntimeError):
-    """The accelerator ran out of memory in a training step; the message names the settings that
-    would fit (train.fp8, train.activation_memory_budget, train.recompute_calls, data.tokens_per_rank)."""
+    """The accelerator ran out of memory: in a training step (the message names the settings that
+    would fit: train.fp8, train.activation_memory_budget, train.recompute_calls, data.tokens_per_rank)
+    or while placing the model before the first step (it names the states' size and sharding)."""
 
 
 def memory_settings(cfg: Config, cuda: bool, float8: bool) -> list[tuple[str, str]]:
@@ -470,14 +475,30 @@ def memory_settings(cfg: Config, cuda: bool, float8: bool) -> list[tuple[str, st
     return out
 
 
+def _device_words(device: torch.device) -> str:
+    if device.type != "cuda":
+        return str(device)
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    return f"{torch.cuda.get_device_name(device)} ({total:.0f} GiB; {peak:.1f} GiB allocated at the peak)"
+
+
+def setup_out_of_memory_message(cfg: Config, world_size: int, device: torch.device) -> str:
+    """Out of memory before the first step (placing the model, its optimizer and EMA): no step
+    setting helps, only more ranks to shard over or a smaller model."""
+    n = count_params(cfg.model).total
+    states = sharded_state_bytes(cfg.model, world_size) / 2**30
+    return (f"out of memory on {_device_words(device)} while placing the model: "
+            f"{cfg.model.preset or cfg.model.arch} has {n / 1e6:,.0f}M parameters, and training holds their float32 "
+            f"weights, gradients, Adam moments and EMA ({states:,.1f} GiB per process over {world_size} process(es)) "
+            "before any activation. Shard them over more GPUs (torchrun --nproc_per_node=N -m hrm_text.cli train ..., "
+            "FSDP2) or choose a smaller model.preset; `hrm-text plan` estimates the memory per GPU.")
+
+
 def out_of_memory_message(run: _Run) -> str:
     """What ran out, the settings that would need less memory, and the newest checkpoint."""
     cfg, device = run.cfg, run.device
-    where, cuda = str(device), device.type == "cuda"
-    if cuda:
-        total = torch.cuda.get_device_properties(device).total_memory / 2**30
-        peak = torch.cuda.max_memory_allocated(device) / 2**30
-        where = f"{torch.cuda.get_device_name(device)} ({total:.0f} GiB; {peak:.1f} GiB allocated at the peak)"
+    where, cuda = _device_words(device), device.type == "cuda"
     precision = "float8" if cfg.train.fp8 else "bf16" if run.use_bf16 else "float32"
     lines = [f"out of memory on {where}, training {cfg.model.preset or cfg.model.arch} with "
              f"{cfg.data.tokens_per_rank:,}-token rows ({run.layout.accum} micro-step(s) per optimizer step, {precision}). "
