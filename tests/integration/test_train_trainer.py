@@ -390,10 +390,11 @@ def test_memory_settings_leave_out_what_is_already_on():
         return [k.split("=")[0] for k, _ in memory_settings(load_config(None, ["model.preset=tiny", *over]), cuda, float8)]
 
     assert names(True, True) == ["train.fp8", "train.activation_memory_budget", "train.recompute_calls", "data.tokens_per_rank"]
+    assert [k for k, _ in memory_settings(load_config(None, ["model.preset=tiny"]), True, True)][1] == "train.activation_memory_budget=0.8"
     assert names(True, False) == ["train.activation_memory_budget", "train.recompute_calls", "data.tokens_per_rank"]  # an A100
     assert names(False, False) == ["train.recompute_calls", "data.tokens_per_rank"]
     assert names(True, True, "train.fp8=true", "train.activation_memory_budget=0.5", "data.tokens_per_rank=512") == ["train.recompute_calls"]
     assert names(True, True, "train.compile=false") == ["train.fp8", "train.recompute_calls", "data.tokens_per_rank"]
     assert "train.recompute_calls" not in names(True, True, "train.bp_max_steps=3", "train.recompute_calls=3")
-    cfg = load_config(None, ["model.preset=tiny", "train.activation_memory_budget=0.7", "train.recompute_calls=2"])
+    cfg = load_config(None, ["model.preset=tiny", "train.activation_memory_budget=0.8", "train.recompute_calls=2"])
     assert [k for k, _ in memory_settings(cfg, True, True)][1:3] == ["train.activation_memory_budget=0.5", "train.recompute_calls=3"]

@@ -466,8 +466,8 @@ def memory_settings(cfg: Config, cuda: bool, float8: bool) -> list[tuple[str, st
     if float8 and not t.fp8:
         out.append(("train.fp8=true", "float8 projections on H100/H200-class GPUs (XL at 12,288-token rows: 74 GB)"))
     if cuda and t.compile and t.activation_memory_budget > 0.5:  # read when the blocks compile (CUDA only)
-        out.append(("train.activation_memory_budget=0.7" if t.activation_memory_budget > 0.7 else "train.activation_memory_budget=0.5",
-                    "the compiler recomputes cheap activations in backward (bf16 XL at 12,288-token rows: 0.7 69 GB, 0.5 48 GB)"))
+        out.append(("train.activation_memory_budget=0.8" if t.activation_memory_budget > 0.8 else "train.activation_memory_budget=0.5",
+                    "the compiler recomputes cheap activations in backward (bf16 XL at 12,288-token rows: 0.8 72 GB, 0.5 48 GB)"))
     if t.recompute_calls < t.bp_max_steps:  # at most every recorded call
         out.append((f"train.recompute_calls={t.recompute_calls + 1}", "one more recorded stack call recomputed in backward (about 10 GB less at XL)"))
     if rows >= 1024:
