@@ -23,7 +23,7 @@ from hrm_text.model.attention import AttnMask, build_prefix_lm_mask
 from hrm_text.model.hrm import RecurrentCore
 from hrm_text.model.kv_cache import PromptWrites, StaticKVCache
 from hrm_text.model.layers import Block, trunc_normal_
-from hrm_text.model.loss import linear_cross_entropy
+from hrm_text.model.loss import CHUNK_ROWS, linear_cross_entropy
 
 
 @dataclass
@@ -121,7 +121,7 @@ class HRMTextLM(nn.Module):
         return response_loss(h, self.lm_head, batch.labels, batch.loss_index)
 
 
-def response_loss(h: torch.Tensor, head: nn.Linear, labels: torch.Tensor, loss_index: torch.Tensor | None = None, chunk: int = 4096) -> LossOutput:
+def response_loss(h: torch.Tensor, head: nn.Linear, labels: torch.Tensor, loss_index: torch.Tensor | None = None, chunk: int = CHUNK_ROWS) -> LossOutput:
     """Cross-entropy over labelled positions only: their hidden rows are gathered, then the head and
     the loss run fused, chunk by chunk (model/loss.py), never holding float32 logits for backward.
     `loss_index` (flat indices of labelled positions) avoids a device sync when given."""

@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import torch
 
+CHUNK_ROWS = 4096  # labelled rows per chunk: bounds the logits held at once (chunk x vocab)
+
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)  # float32, or float64 for float64 inputs
@@ -130,7 +132,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(
-    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 4096, compute_dtype: torch.dtype | None = None
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_ROWS, compute_dtype: torch.dtype | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of `h @ weight.T` against `targets`, and the number of argmax hits.
 

@@ -10,8 +10,9 @@ MFU against 989 TFLOP/s dense bf16), is kept as `PAPER_DERIVED` for comparison.
   lower MFU (less work per kernel), so treat those estimates as optimistic.
 
 Memory per rank assumes FSDP2 over all `gpus` (fp32 master weights, fp32 grads, fp32 Adam moments
-and fp32 EMA, all sharded), bf16 compute with `torch.compile`, and flash/SDPA attention; see
-`memory_per_rank` for the terms.
+and fp32 EMA, all sharded), bf16 compute with `torch.compile`, nothing recomputed, and the fused
+chunked loss; see `memory_per_rank` for the terms. At XL on one GPU it comes within 4% of the
+measured peaks (8,192- and 12,288-token rows; tests/unit/test_train_plan.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 from hrm_text.config import ConfigError, DataConfig, ModelConfig, PRESETS, TrainConfig, model_config
 from hrm_text.model.flops import block_params, count_params, run_flops
+from hrm_text.model.loss import CHUNK_ROWS
 from hrm_text.train.metrics import PEAK_FLOPS_BF16
 
 GiB = 1024**3
@@ -117,7 +119,7 @@ class MemoryEstimate:
     sharded_states_bytes: float  # fp32 params + grads + Adam m, v + EMA, divided over ranks
     gathered_params_bytes: float  # bf16 copies FSDP all-gathers: root (embeddings, head) + 2 blocks
     activation_bytes: float  # saved for backward by the K recorded stack calls
-    logits_bytes: float  # bf16 head output + fp32 log-softmax kept for backward
+    logits_bytes: float  # one chunk of the fused head + loss (model/loss.py), transient
     total_bytes: float
     device_bytes: float
 
@@ -127,11 +129,17 @@ class MemoryEstimate:
 
 
 def activation_bytes_per_token_per_layer(cfg: ModelConfig) -> float:
-    """bf16 tensors one block saves for backward, per token, with torch.compile recomputing cheap
-    element-wise ops: attention-norm input (h), fused gate|q|k|v output (4 inner), attention output
-    and o_proj input (2 inner), MLP-norm input (h), gate|up output (2 I), down_proj input (I)."""
+    """What one compiled block saves for backward, per token, under bf16 autocast: bf16 GEMM inputs
+    of width h (4), q, k, v, the attention output and the gate (5 inner), gate|up and the down
+    projection's input (3 I); float32 residual sums that feed the post-norms (2 h); the per-row
+    norm and attention statistics are negligible. These are the tensors that saved-tensor hooks
+    find on the compiled block (benchmarks/saved_activations.py; XL width, flex, H100): 64.5 KB per
+    token per layer call by this formula, 74 KB counting whole storages (some are views of larger
+    buffers), and the measured peak grows by about 69 KB per token per recorded layer call between
+    8,192- and 12,288-token rows."""
     h, inner, inter = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size
-    return 2.0 * (2 * h + 6 * inner + 3 * inter)
+    return 2.0 * (4 * h + 5 * inner + 3 * inter) + 4.0 * (2 * h)
+
 
 
 def sharded_state_bytes(cfg: ModelConfig, gpus: int = 1) -> float:
@@ -152,7 +160,8 @@ def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str, tokens_per_rank: int,
     layers_per_call = max(1, cfg.half_layers if cfg.arch in ("hrm", "trm", "rins") else cfg.n_layers)
     recorded_calls = _recorded_calls(cfg, K)
     acts = tokens_per_rank * recorded_calls * layers_per_call * activation_bytes_per_token_per_layer(cfg)
-    logits = tokens_per_rank * cfg.padded_vocab_size * (2 + 4)
+    # one chunk of logits at a time (bf16 GEMM output, float32 softmax and its gradient), freed after
+    logits = min(tokens_per_rank, CHUNK_ROWS) * cfg.padded_vocab_size * (2 + 4 + 4)
     total = states + gathered + acts + logits
     return MemoryEstimate(tokens_per_rank, grad_accum_steps, states, gathered, acts, logits, total, GPUS[gpu]["memory"])
 
@@ -243,8 +252,12 @@ def plan(
     micro = math.ceil(per_rank_needed / accum)
     mem = memory_per_rank(cfg, gpus, gpu, micro, accum)
     notes = []
-    if not mem.fits:
-        notes.append("estimated memory exceeds the device: lower data.tokens_per_rank (more accumulation) or use more GPUs")
+    if fp8:
+        notes.append("the memory estimate is bf16's: train.fp8 holds less (XL at 12,288-token rows: 74.1 GB on an H100, measured)")
+    elif not mem.fits:
+        notes.append("estimated memory (bf16, nothing recomputed) exceeds the device: set train.activation_memory_budget=0.8 "
+                     "(the compiler recomputes element-wise work; XL at 12,288-token rows: 72 GB on an H100), "
+                     "lower data.tokens_per_rank (more accumulation) or use more GPUs")
     if (preset, gpu) not in (FP8_THROUGHPUT_TABLE if fp8 else THROUGHPUT_TABLE):
         notes.append("throughput is an estimate, not a measurement: run benchmarks/ and add the result to THROUGHPUT_TABLE")
     return PlanResult(
