@@ -219,7 +219,7 @@ class TrainConfig:
     # parameter: 2 GB at XL), and add the weight gradients into .grad inside the GEMM (float32)
     fp8_weight_cache: bool = True
     fused_wgrad: bool = True
-    activation_memory_budget: float = 1.0  # < 1: the compiler recomputes activations to save memory (bf16 XL, 12,288-token rows: 0.8 fits 80 GB at 72 GB, the fastest there)
+    activation_memory_budget: float = 1.0  # < 1: the compiler recomputes activations to save memory (bf16 XL, 12,288-token rows: 0.8 fits 80 GB at 72 GB, the fastest there; a bf16 GPU run that would not fit sets 0.8 unless this is set)
     recompute_calls: int = 0  # first N recorded stack calls recomputed in backward (checkpointing)
     # FSDP2: free a block's gathered weights after each call (True) or keep them until backward
     # (False: fewer all-gathers, since HRM calls each block several times per step; more memory)

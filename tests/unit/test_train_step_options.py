@@ -85,3 +85,26 @@ def test_activation_memory_budget_reaches_the_partitioner(monkeypatch):
     assert functorch_config.activation_memory_budget == 1.0
     prepare_model(_model(), TrainConfig(activation_memory_budget=0.7), torch.device("cpu"))
     assert functorch_config.activation_memory_budget == 0.7
+
+
+def test_activation_budget_turns_on_where_the_bf16_step_would_not_fit():
+    """The recipe's XL rows (12,288 tokens) need about 94 GB in bf16: on an 80 GB card the run takes
+    the measured budget 0.8 by itself; on 141 GB, with float8, or with any memory setting the user
+    chose, nothing changes."""
+    from hrm_text.config import load_config
+    from hrm_text.train.batching import apply_memory_defaults
+
+    def run(device_gb, *over):
+        cfg = load_config(None, ["model.preset=XL", "data.tokens_per_rank=12288", *over])
+        return apply_memory_defaults(cfg, device_gb * 1e9 if device_gb else None, 1), cfg.train.activation_memory_budget
+
+    note, budget = run(85.5)  # an H100 80GB (81,559 MiB)
+    assert budget == 0.8 and "train.activation_memory_budget=0.8" in note and "84 GiB" in note and "80 GiB" in note
+    assert run(150.1) == (None, 1.0)  # an H200 holds it
+    assert run(None) == (None, 1.0)  # a CPU
+    assert run(85.5, "train.fp8=true") == (None, 1.0)  # float8 fits on its own (74 GB)
+    assert run(85.5, "train.activation_memory_budget=1.0") == (None, 1.0)  # set by the user: kept
+    assert run(85.5, "train.recompute_calls=2") == (None, 1.0)
+    assert run(85.5, "train.compile=false") == (None, 1.0)  # the budget acts through the compiler
+    assert run(85.5, "data.tokens_per_rank=8192") == (None, 1.0)  # 8,192-token rows fit (72 GB)
+    assert run(85.5, "train.lora.rank=8") == (None, 1.0)  # adapters only: the estimate does not apply

@@ -141,7 +141,6 @@ def activation_bytes_per_token_per_layer(cfg: ModelConfig) -> float:
     return 2.0 * (4 * h + 5 * inner + 3 * inter) + 4.0 * (2 * h)
 
 
-
 def sharded_state_bytes(cfg: ModelConfig, gpus: int = 1) -> float:
     """float32 weights, gradients, Adam's two moments and the EMA, divided over `gpus` FSDP ranks:
     what training holds per rank before any activation."""
@@ -149,8 +148,9 @@ def sharded_state_bytes(cfg: ModelConfig, gpus: int = 1) -> float:
 
 
 def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str, tokens_per_rank: int, grad_accum_steps: int = 1,
-                    bp_steps: int | None = None) -> MemoryEstimate:
-    """Peak memory one rank needs (estimate; see the module docstring for the assumptions)."""
+                    bp_steps: int | None = None, device_bytes: float | None = None) -> MemoryEstimate:
+    """Peak memory one rank needs (estimate; see the module docstring for the assumptions).
+    `device_bytes` replaces the datasheet memory of `gpu` (a GPU the table does not know)."""
     gpu = _check_gpu(gpu)
     params = count_params(cfg)
     states = sharded_state_bytes(cfg, gpus)
@@ -163,7 +163,8 @@ def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str, tokens_per_rank: int,
     # one chunk of logits at a time (bf16 GEMM output, float32 softmax and its gradient), freed after
     logits = min(tokens_per_rank, CHUNK_ROWS) * cfg.padded_vocab_size * (2 + 4 + 4)
     total = states + gathered + acts + logits
-    return MemoryEstimate(tokens_per_rank, grad_accum_steps, states, gathered, acts, logits, total, GPUS[gpu]["memory"])
+    return MemoryEstimate(tokens_per_rank, grad_accum_steps, states, gathered, acts, logits, total,
+                          GPUS[gpu]["memory"] if device_bytes is None else device_bytes)
 
 
 def _recorded_calls(cfg: ModelConfig, K: int) -> int:

@@ -29,7 +29,8 @@ from hrm_text.data.tokenizer import TextTokenizer
 from hrm_text.model.flops import count_params, train_flops_per_token
 from hrm_text.model.lm import HRMTextLM
 from hrm_text.model.lora import apply_lora
-from hrm_text.train.batching import BatchLayout, apply_device_defaults, batch_layout, resume_mismatch_message
+from hrm_text.train.batching import (BatchLayout, apply_device_defaults, apply_memory_defaults, batch_layout,
+                                     resume_mismatch_message)
 from hrm_text.train.distributed import (DistInfo, all_reduce_sum, apply_fsdp2, barrier, cleanup, get_world_size,
                                         init_distributed, is_initialized, reshard_all)
 from hrm_text.train.metrics import MetricsLogger, device_peak_flops
@@ -306,6 +307,10 @@ def _setup(cfg: Config, dist: DistInfo, data: SampledData, tok: TextTokenizer, r
     if t.lora is not None:  # adapters only: base frozen; optimizer and EMA see trainable params
         apply_lora(model, t.lora, seed=t.seed)
     use_bf16 = t.dtype == "bf16" and device.type == "cuda"
+    if use_bf16:  # the estimate is of a bf16 step
+        budget_note = apply_memory_defaults(cfg, torch.cuda.get_device_properties(device).total_memory, dist.world_size)
+        if budget_note and dist.is_main:
+            log.info("%s", budget_note)
     if dist.world_size > 1:
         apply_fsdp2(model, model.blocks(), mp_dtype=torch.bfloat16 if use_bf16 else None,
                     reshard_after_forward=t.fsdp_reshard_after_forward, replicate=t.fsdp_replicate,
