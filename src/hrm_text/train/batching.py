@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hrm_text.config import Config, DataConfig, TrainConfig
-from hrm_text.train.plan import memory_per_rank
+from hrm_text.train.plan import FITTING_BUDGET, memory_per_rank
 
 CPU_ROW_TOKENS = 2048  # one micro-step of `tiny` on 2 CPU cores: ~1 s (docs/PERFORMANCE.md, Quickstart)
 
@@ -83,7 +83,6 @@ def apply_device_defaults(cfg: Config, device_type: str, processes: int, longest
 
 
 BUDGET_KEY = "train.activation_memory_budget"
-MEMORY_DEFAULT_BUDGET = 0.8  # recomputes element-wise work only: bf16 XL, 12,288-token rows, 72 GB at 0.98x (H100)
 
 
 def apply_memory_defaults(cfg: Config, device_bytes: float | None, processes: int) -> str | None:
@@ -95,12 +94,12 @@ def apply_memory_defaults(cfg: Config, device_bytes: float | None, processes: in
     if (device_bytes is None or not t.compile or t.fp8 or t.lora is not None or t.recompute_calls > 0
             or explicitly_set(cfg, BUDGET_KEY)):
         return None
-    est = memory_per_rank(cfg.model, processes, "H100", cfg.data.tokens_per_rank,
+    est = memory_per_rank(cfg.model, processes, None, cfg.data.tokens_per_rank,
                           bp_steps=t.final_bp_steps(cfg.model.arch), device_bytes=device_bytes)
     if est.fits:
         return None
-    t.activation_memory_budget = MEMORY_DEFAULT_BUDGET
-    return (f"{BUDGET_KEY}={MEMORY_DEFAULT_BUDGET}: the bf16 step needs about {est.total_bytes / 2**30:.0f} GiB by the "
+    t.activation_memory_budget = FITTING_BUDGET
+    return (f"{BUDGET_KEY}={FITTING_BUDGET}: the bf16 step needs about {est.total_bytes / 2**30:.0f} GiB by the "
             f"estimate, this GPU has {device_bytes / 2**30:.0f} GiB, so the compiler recomputes element-wise work in "
             f"backward (2% slower where both fit, on an H100; set {BUDGET_KEY}=1.0 to turn it off, or use train.fp8=true)")
 

@@ -36,6 +36,9 @@ GPUS: dict[str, dict[str, float]] = {
 }
 assert all(any(k == name for k, _, _ in PEAK_FLOPS_BF16) for name in GPUS)
 
+# train.activation_memory_budget that fits bf16 XL at 12,288-token rows in 80 GB, fastest there: the
+# compiler recomputes element-wise work only (72 GB, 0.98x the step without it; docs/PERFORMANCE.md)
+FITTING_BUDGET = 0.8
 ESTIMATE_MFU = 0.38  # the paper-derived XL/H100 MFU, used for every entry without a measurement
 
 
@@ -147,11 +150,12 @@ def sharded_state_bytes(cfg: ModelConfig, gpus: int = 1) -> float:
     return count_params(cfg).total * (4 + 4 + 8 + 4) / gpus
 
 
-def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str, tokens_per_rank: int, grad_accum_steps: int = 1,
+def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str | None, tokens_per_rank: int, grad_accum_steps: int = 1,
                     bp_steps: int | None = None, device_bytes: float | None = None) -> MemoryEstimate:
-    """Peak memory one rank needs (estimate; see the module docstring for the assumptions).
-    `device_bytes` replaces the datasheet memory of `gpu` (a GPU the table does not know)."""
-    gpu = _check_gpu(gpu)
+    """Peak memory one rank needs (estimate; see the module docstring for the assumptions), on the
+    datasheet memory of `gpu`, or on `device_bytes` (the memory of the GPU at hand; `gpu` None)."""
+    if device_bytes is None:
+        device_bytes = GPUS[_check_gpu(gpu or "")]["memory"]
     params = count_params(cfg)
     states = sharded_state_bytes(cfg, gpus)
     emb = params.total - params.non_embedding  # input embedding + head, in FSDP's root unit
@@ -163,8 +167,7 @@ def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str, tokens_per_rank: int,
     # one chunk of logits at a time (bf16 GEMM output, float32 softmax and its gradient), freed after
     logits = min(tokens_per_rank, CHUNK_ROWS) * cfg.padded_vocab_size * (2 + 4 + 4)
     total = states + gathered + acts + logits
-    return MemoryEstimate(tokens_per_rank, grad_accum_steps, states, gathered, acts, logits, total,
-                          GPUS[gpu]["memory"] if device_bytes is None else device_bytes)
+    return MemoryEstimate(tokens_per_rank, grad_accum_steps, states, gathered, acts, logits, total, device_bytes)
 
 
 def _recorded_calls(cfg: ModelConfig, K: int) -> int:
@@ -256,7 +259,7 @@ def plan(
     if fp8:
         notes.append("the memory estimate is bf16's: train.fp8 holds less (XL at 12,288-token rows: 74.1 GB on an H100, measured)")
     elif not mem.fits:
-        notes.append("estimated memory (bf16, nothing recomputed) exceeds the device: set train.activation_memory_budget=0.8 "
+        notes.append(f"estimated memory (bf16, nothing recomputed) exceeds the device: set train.activation_memory_budget={FITTING_BUDGET} "
                      "(the compiler recomputes element-wise work; XL at 12,288-token rows: 72 GB on an H100), "
                      "lower data.tokens_per_rank (more accumulation) or use more GPUs")
     if (preset, gpu) not in (FP8_THROUGHPUT_TABLE if fp8 else THROUGHPUT_TABLE):
@@ -272,6 +275,6 @@ def plan(
 
 
 __all__ = [
-    "ESTIMATE_MFU", "GPUS", "MemoryEstimate", "PlanResult", "THROUGHPUT_TABLE", "Throughput",
+    "ESTIMATE_MFU", "FITTING_BUDGET", "GPUS", "MemoryEstimate", "PlanResult", "THROUGHPUT_TABLE", "Throughput",
     "activation_bytes_per_token_per_layer", "memory_per_rank", "plan", "sharded_state_bytes", "throughput_for",
 ]

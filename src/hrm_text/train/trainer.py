@@ -35,7 +35,7 @@ from hrm_text.train.distributed import (DistInfo, all_reduce_sum, apply_fsdp2, b
                                         init_distributed, is_initialized, reshard_all)
 from hrm_text.train.metrics import MetricsLogger, device_peak_flops
 from hrm_text.train.optim import AdamAtan2, ModelEMA
-from hrm_text.train.plan import sharded_state_bytes
+from hrm_text.train.plan import FITTING_BUDGET, sharded_state_bytes
 from hrm_text.train.schedule import bp_steps_at, lr_at
 from hrm_text.train.step import float8_gemms, forward_backward, prepare_model
 
@@ -471,7 +471,8 @@ def memory_settings(cfg: Config, cuda: bool, float8: bool) -> list[tuple[str, st
     if float8 and not t.fp8:
         out.append(("train.fp8=true", "float8 projections on H100/H200-class GPUs (XL at 12,288-token rows: 74 GB)"))
     if cuda and t.compile and t.activation_memory_budget > 0.5:  # read when the blocks compile (CUDA only)
-        out.append(("train.activation_memory_budget=0.8" if t.activation_memory_budget > 0.8 else "train.activation_memory_budget=0.5",
+        lower = FITTING_BUDGET if t.activation_memory_budget > FITTING_BUDGET else 0.5
+        out.append((f"train.activation_memory_budget={lower}",
                     "the compiler recomputes cheap activations in backward (bf16 XL at 12,288-token rows: 0.8 72 GB, 0.5 48 GB)"))
     if t.recompute_calls < t.bp_max_steps:  # at most every recorded call
         out.append((f"train.recompute_calls={t.recompute_calls + 1}", "one more recorded stack call recomputed in backward (about 10 GB less at XL)"))
