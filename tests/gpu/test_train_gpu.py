@@ -168,6 +168,45 @@ def _grad_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return num / sum(float(b[n].norm() ** 2) for n in b) ** 0.5
 
 
+@pytest.mark.parametrize("fused_wgrad", [False, True])
+def test_bf16_weight_cache_matches_the_per_call_step(fused_wgrad: bool) -> None:
+    """train.bf16_weight_cache, compiled as in training, over two micro-steps with the weights
+    changed in place in between (as the optimizer changes them): the block projections run from
+    a bf16 copy made once per micro-step, with or without the weight gradients added into .grad
+    inside the GEMM (float32 sums instead of bf16 products summed by autograd), and give the
+    per-call step's losses and gradients to bf16 rounding. The weight change moves the gradients
+    far more than the tolerance, so a stale copy could not pass."""
+    from hrm_text.train.projections import Bf16Linear
+
+    mcfg = model_config("S", vocab_size=4096, n_layers=4)
+    batch = _batch(2048, mcfg.vocab_size, 2).with_loss_index().to("cuda")
+    denom = float(batch.loss_index.numel())
+
+    def two_steps(on: bool) -> tuple[float, float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        model = _prepared(mcfg, bf16_weight_cache=on, fused_wgrad=fused_wgrad)
+        assert any(isinstance(m, Bf16Linear) for m in model.modules()) == on
+        first = float(forward_backward(model, batch, 5, denom, True).loss_sum)
+        first_grads = {n: p.grad.float().clone() for n, p in model.named_parameters()}
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2:  # in place, as the optimizer writes: the storage stays where it was
+                    p.copy_(p.roll(1, dims=0))
+                p.grad = None
+        second = float(forward_backward(model, batch, 5, denom, True).loss_sum)
+        grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
+        assert len(grads) == len(list(model.parameters())), on  # every parameter got its gradient
+        return first, second, grads, first_grads
+
+    base, cached = two_steps(False), two_steps(True)
+    gap, moved = _grad_gap(cached[2], base[2]), _grad_gap(base[2], base[3])
+    print(f"bf16 cache (fused_wgrad={fused_wgrad}): losses {cached[:2]} per-call {base[:2]}; "
+          f"gradient gap {gap:.5f}; the weight change moved the gradients by {moved:.3f}")
+    assert moved > 0.5, moved
+    for i in (0, 1):
+        assert abs(cached[i] - base[i]) / base[i] < 2e-3, (cached[:2], base[:2])
+    assert gap < 2e-2, gap
+
+
 @pytest.mark.parametrize("recipe", ["fused", "fused_lowmem"])
 def test_fp8_weight_cache_and_fused_wgrad_match_the_per_call_step(recipe: str) -> None:
     """Compiled, as in training, over two micro-steps with the weights changed in place in between
@@ -207,7 +246,7 @@ def test_fp8_weight_cache_and_fused_wgrad_match_the_per_call_step(recipe: str) -
         return first, second, grads, first_grads
 
     off = dict(fp8_weight_cache=False, fused_wgrad=False)
-    ref = two_steps(fp8=False)  # bf16, compiled
+    ref = two_steps(fp8=False, bf16_weight_cache=False)  # bf16, compiled, per-call casts
     base = two_steps(**off)  # float8, the per-call step
     cache = two_steps(fp8_weight_cache=True, fused_wgrad=False)
     both = two_steps(fp8_weight_cache=True, fused_wgrad=True)

@@ -168,7 +168,7 @@ def test_lora_adapters_stay_plain_and_the_frozen_base_gets_no_weight_gradient():
 
 def _tiny_step(save_fp8: bool, cache: bool, fuse: bool):
     """One K = 5 HRM step of a tiny float8 model; returns (loss, {name: grad}, model)."""
-    from hrm_text.train.fp8 import enable_fused_wgrad, enable_weight_cache
+    from hrm_text.train.projections import enable_fused_wgrad, enable_weight_cache
     from hrm_text.train.step import forward_backward
 
     batch = _tiny_batch()
@@ -204,7 +204,7 @@ def test_weight_cache_and_fused_wgrad_train_like_the_per_call_step(save_fp8):
     update and the fused gradients reset each step, the losses follow the per-call step's. A stale
     cache or gradients carried into the next step would move them by percents."""
     from hrm_text.data.batch import pack_rows
-    from hrm_text.train.fp8 import enable_fused_wgrad, enable_weight_cache
+    from hrm_text.train.projections import enable_fused_wgrad, enable_weight_cache
     from hrm_text.train.optim import AdamAtan2
     from hrm_text.train.step import forward_backward
 
@@ -235,7 +235,7 @@ def test_weight_cache_and_fused_wgrad_train_like_the_per_call_step(save_fp8):
 
 
 def test_weight_cache_is_the_weights_quantized_both_ways():
-    from hrm_text.train.fp8 import cache_weights, enable_weight_cache
+    from hrm_text.train.projections import cache_weights, enable_weight_cache
 
     lin = nn.Linear(64, 32, bias=False)
     convert_to_float8(nn.Sequential(lin))
@@ -258,7 +258,7 @@ def _mlp() -> nn.Sequential:
 def test_fused_wgrad_under_compile_reaches_the_parameters():
     """The compiled backward must still run the accumulation (it returns nothing, so a compiler
     could drop it) and hand it the parameter itself: gradients equal those of eager autograd."""
-    from hrm_text.train.fp8 import enable_fused_wgrad
+    from hrm_text.train.projections import enable_fused_wgrad
 
     ref, fused = _mlp(), _mlp()
     convert_to_float8(ref)
@@ -280,7 +280,7 @@ def test_compiled_modules_follow_the_cache_being_set_and_dropped():
     """cache_weights/drop_weight_cache write the buffers directly (no nn.Module.__setattr__, which
     the compiler also watches): a compiled module must still switch between the cached and the
     per-call path, and after a drop compute with the weights as they are now."""
-    from hrm_text.train.fp8 import cache_weights, drop_weight_cache, enable_weight_cache
+    from hrm_text.train.projections import cache_weights, drop_weight_cache, enable_weight_cache
 
     ref, net = _mlp(), _mlp()
     convert_to_float8(ref)
@@ -304,7 +304,7 @@ def test_compiled_modules_follow_the_cache_being_set_and_dropped():
 
 
 def test_fused_wgrad_refuses_a_tensor_that_is_not_the_parameter():
-    from hrm_text.train.fp8 import accumulate_wgrad
+    from hrm_text.train.projections import accumulate_wgrad
 
     w = nn.Parameter(torch.randn(8, 4))
     with pytest.raises(RuntimeError, match="needs the parameter itself"):

@@ -21,17 +21,10 @@ dequantized to bf16. It is what fits the paper recipe's 12,288-token rows on an 
 without recomputation (docs/PERFORMANCE.md). `fused_precise` turns off Hopper's fast accumulation
 in the forward GEMM (same speed).
 
-Two savings for a model that calls each block several times per step (HRM: each L block 6 times
-and each H block twice; with K = 5, 3 and 2 of those calls are recorded for backward), both on by default on one GPU (`train.fp8_weight_cache`,
-`train.fused_wgrad`):
-- weight cache: `cache_weights(model)` quantizes every block weight once per micro-step (for the
-  forward GEMM, and transposed for the input-gradient GEMM) instead of at every call;
-  `drop_weight_cache(model)` releases it. One byte per element twice: 2 GB at XL.
-- fused weight-gradient accumulation: the weight-gradient GEMM adds its float32 result straight
-  into `weight.grad` (cuBLAS with beta = 1), as Megatron's gradient-accumulation fusion does,
-  instead of returning a bf16 gradient that autograd casts and then sums call by call. Autograd's
-  own accumulation (and its hooks) is bypassed for these weights, so it is for one process only:
-  under FSDP the gradients must go through FSDP's reduce-scatter hooks.
+On one process the weight cache and the fused weight-gradient accumulation of
+train/projections.py apply (`train.fp8_weight_cache`, `train.fused_wgrad`, both on by default): the
+cache holds each block weight quantized both ways (for the forward GEMM, and transposed for the
+input-gradient GEMM), one byte per element twice: 2 GB at XL.
 
 The modules keep their class's parameters (`Float8Linear` is an `nn.Linear`), so state dicts,
 checkpoints and exports are unchanged (the cache is a non-persistent buffer).
@@ -39,15 +32,10 @@ checkpoints and exports are unchanged (the cache is a non-persistent buffer).
 
 from __future__ import annotations
 
-import functools
-import weakref
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn as nn
 
-from hrm_text.model.loss import matmul_accumulate
+from hrm_text.train.projections import CachedLinear, cached_modules, swap_projections, weight_grad
 
 # Our recipes (train.fp8_recipe) as convert_to_float8's switches; torchao's are handled in train/step.py.
 FUSED_RECIPES: dict[str, dict[str, bool]] = {
@@ -71,35 +59,6 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     """w [N, K] -> (wq, ws) scaled per output feature for the forward GEMM, and (wtq [K, N]
     row-major, wts) scaled per input feature for the input-gradient GEMM."""
     return (*quantize_rows(w), *quantize_rows(w.t().contiguous()))
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled_quantize_weight() -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
-    # one fused pass per weight and direction instead of about five eager ones; a block has four
-    # weight shapes, so at most four small graphs
-    return torch.compile(quantize_weight, dynamic=False)
-
-
-# ---- fused weight-gradient accumulation ----------------------------------------------------
-
-
-@torch.library.custom_op("hrm_text::accumulate_wgrad", mutates_args=())
-def accumulate_wgrad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
-    """`w.grad += gy.T @ x` for the parameter w (a side effect on its `.grad`, made inside the
-    backward pass). An opaque op, so that the compiled backward calls it with the parameter itself."""
-    if not (w.is_leaf and w.requires_grad):
-        raise RuntimeError("fused weight-gradient accumulation needs the parameter itself "
-                           f"(got a non-leaf tensor of shape {tuple(w.shape)}); set train.fused_wgrad=false")
-    w.grad = matmul_accumulate(w.grad, gy.t(), x, w.dtype)  # float32 master weights: float32 sums
-
-
-@accumulate_wgrad.register_fake
-def _(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
-    return None
-
-
-# it returns nothing and declares no mutation: without this the compiler would drop it as dead code
-torch.fx.node.has_side_effect(torch.ops.hrm_text.accumulate_wgrad.default)
 
 
 # ---- the float8 projection ----------------------------------------------------------------------
@@ -143,10 +102,7 @@ class _Float8Matmul(torch.autograd.Function):
         if ctx.needs_input_grad[1]:  # type: ignore[attr-defined]  # a frozen base weight (LoRA) needs none
             # (xq, xs, w) under save_fp8: dequantize x for the bf16 GEMM; else (x in bf16, w)
             xb = (saved[0].float() * saved[1]).to(torch.bfloat16) if len(saved) == 3 else saved[0]
-            if ctx.fuse_wgrad:  # type: ignore[attr-defined]
-                torch.ops.hrm_text.accumulate_wgrad(gy, xb, w)  # straight into w.grad
-            else:
-                dw = (gy.t() @ xb).to(w.dtype)
+            dw = weight_grad(gy, xb, w, ctx.fuse_wgrad)  # type: ignore[attr-defined]
         return (dx, dw, None, None, None) + (None,) * (len(ctx.needs_input_grad) - 5)  # type: ignore[attr-defined]
 
 
@@ -155,35 +111,31 @@ def float8_shape_ok(m: int, k: int, n: int) -> bool:
     return m % 16 == 0 and k % 16 == 0 and n % 16 == 0
 
 
-class Float8Linear(nn.Linear):
+class Float8Linear(CachedLinear):
     """`nn.Linear` (no bias) whose matmuls run as `_Float8Matmul`; falls back to the plain linear
-    for shapes float8 GEMMs do not take."""
+    for shapes float8 GEMMs do not take. Its cache: quantize_weight(w) of this micro-step."""
 
+    CACHE_NAMES = ("wcache", "wcache_s", "wcache_t", "wcache_ts")
     fast_accum: bool = True  # set per module by convert_to_float8
     save_fp8: bool = False
-    fuse_wgrad: bool = False  # set by enable_fused_wgrad
-    cache_on: bool = False  # set by enable_weight_cache: cache_weights quantizes this one
-    wcache: torch.Tensor | None  # buffers set by cache_weights: wq, ws, wtq, wts (None: no cache)
-    wcache_s: torch.Tensor | None
-    wcache_t: torch.Tensor | None
-    wcache_ts: torch.Tensor | None
+
+    @staticmethod
+    def convert(w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return quantize_weight(w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, k = x.shape[:-1], x.shape[-1]
         m = x.numel() // max(1, k)
         if self.bias is not None or not float8_shape_ok(m, k, self.out_features):
             return super().forward(x)
-        cached = () if self.wcache is None else (self.wcache, self.wcache_s, self.wcache_t, self.wcache_ts)
         # fuse_wgrad only matters where the backward computes a weight gradient (it checks)
-        y = _Float8Matmul.apply(x.reshape(m, k), self.weight, self.fast_accum, self.save_fp8, self.fuse_wgrad, *cached)
+        y = _Float8Matmul.apply(x.reshape(m, k), self.weight, self.fast_accum, self.save_fp8, self.fuse_wgrad,
+                                *self.cached())
         return y.view(*lead, self.out_features)
 
 
-_CACHE_NAMES = ("wcache", "wcache_s", "wcache_t", "wcache_ts")
-
-
 def float8_modules(model: nn.Module) -> list[Float8Linear]:
-    return [m for m in model.modules() if isinstance(m, Float8Linear)]
+    return [m for m in cached_modules(model) if isinstance(m, Float8Linear)]
 
 
 def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), fast_accum: bool = True,
@@ -192,98 +144,8 @@ def convert_to_float8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), fa
     (too narrow to gain) into a `Float8Linear` in place (the class changes, the parameters stay);
     returns how many. `fast_accum`: Hopper's reduced-precision accumulation in the forward GEMM;
     `save_fp8`: keep x for the weight gradient in float8 (recipe fused_lowmem)."""
-    n = 0
-    for name, mod in model.named_modules():
-        parts = name.split(".")
-        if any(p.startswith("lora_") for p in parts):
-            continue
-        if type(mod) is nn.Linear and mod.bias is None and parts[-1] not in skip:
-            mod.__class__ = Float8Linear
-            mod.fast_accum = fast_accum
-            mod.save_fp8 = save_fp8
-            for b in _CACHE_NAMES:  # non-persistent: never in a state dict or checkpoint
-                mod.register_buffer(b, None, persistent=False)
-            n += 1
-    return n
-
-
-def _set_on_float8(model: nn.Module, attr: str, on: bool) -> int:
-    mods = float8_modules(model)
-    for m in mods:
-        setattr(m, attr, on)
-    return len(mods)
-
-
-def enable_fused_wgrad(model: nn.Module, on: bool = True) -> int:
-    """Accumulate the float8 projections' weight gradients straight into `.grad` (one process only:
-    autograd's accumulation and its hooks are bypassed). Returns how many modules."""
-    return _set_on_float8(model, "fuse_wgrad", on)
-
-
-def enable_weight_cache(model: nn.Module, on: bool = True) -> int:
-    """Let `cache_weights` quantize these float8 projections once per micro-step. Returns how many."""
-    return _set_on_float8(model, "cache_on", on)
-
-
-@dataclass
-class _Replay:
-    """The quantization of all cached weights captured as one CUDA graph: refreshing the cache
-    costs one launch instead of a compiled call per weight (about 0.1 ms of host time each, which
-    at the start of a step leaves the GPU waiting)."""
-
-    ptrs: tuple[int, ...]  # the weights' storage the graph reads; recaptured if any moves
-    graph: torch.cuda.CUDAGraph
-    outs: list[tuple[torch.Tensor, ...]]  # in the graph's memory pool, rewritten by each replay
-
-
-_REPLAYS: "weakref.WeakKeyDictionary[nn.Module, _Replay]" = weakref.WeakKeyDictionary()
-
-
-def _quantize_cuda(model: nn.Module, mods: list[Float8Linear]) -> list[tuple[torch.Tensor, ...]]:
-    ptrs = tuple(m.weight.data_ptr() for m in mods)
-    rep = _REPLAYS.get(model)
-    if rep is None or rep.ptrs != ptrs:
-        _REPLAYS.pop(model, None)  # free the old graph's pool first
-        quant = _compiled_quantize_weight()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # compile and autotune before the capture, as CUDA graphs need
-            for m in mods:
-                quant(m.weight)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outs = [quant(m.weight) for m in mods]
-        rep = _REPLAYS[model] = _Replay(ptrs, graph, outs)
-    rep.graph.replay()
-    return rep.outs
-
-
-def cache_weights(model: nn.Module) -> int:
-    """Quantize the weight of every float8 projection enabled by `enable_weight_cache` once for the
-    coming forward and backward (HRM calls each block several times per step); returns how many.
-    Call again after the weights change, and `drop_weight_cache` before anything else runs the
-    model (evaluation, the EMA swap): a stale cache would compute with old weights. On CUDA the
-    quantized copies live in a CUDA graph's memory pool for as long as the model does."""
-    mods = [m for m in float8_modules(model) if m.cache_on]
-    if not mods:
-        return 0
-    with torch.no_grad():
-        if mods[0].weight.is_cuda:
-            outs = _quantize_cuda(model, mods)
-        else:
-            outs = [quantize_weight(m.weight) for m in mods]
-    for m, qs in zip(mods, outs):
-        _set_cache(m, qs)
-    return len(mods)
-
-
-def drop_weight_cache(model: nn.Module) -> None:
+    n = swap_projections(model, Float8Linear, skip)
     for m in float8_modules(model):
-        _set_cache(m, (None,) * len(_CACHE_NAMES))
-
-
-def _set_cache(m: Float8Linear, tensors: tuple[torch.Tensor | None, ...]) -> None:
-    # straight into the registered buffers: nn.Module.__setattr__ re-registers each buffer (about
-    # 3 us each, 1.7 ms per micro-step at XL for 512 of them, twice, at the step's start and end)
-    m._buffers.update(zip(_CACHE_NAMES, tensors))
+        m.fast_accum = fast_accum
+        m.save_fp8 = save_fp8
+    return n

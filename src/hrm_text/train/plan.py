@@ -120,7 +120,7 @@ class MemoryEstimate:
     tokens_per_rank: int  # tokens in one micro-batch on one rank
     grad_accum_steps: int
     sharded_states_bytes: float  # fp32 params + grads + Adam m, v + EMA, divided over ranks
-    gathered_params_bytes: float  # bf16 copies FSDP all-gathers: root (embeddings, head) + 2 blocks
+    gathered_params_bytes: float  # bf16 weight copies: FSDP's gathered root + 2 blocks, or one GPU's weight cache
     activation_bytes: float  # saved for backward by the K recorded stack calls
     logits_bytes: float  # one chunk of the fused head + loss (model/loss.py), transient
     total_bytes: float
@@ -159,7 +159,9 @@ def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str | None, tokens_per_ran
     params = count_params(cfg)
     states = sharded_state_bytes(cfg, gpus)
     emb = params.total - params.non_embedding  # input embedding + head, in FSDP's root unit
-    gathered = 2.0 * (emb + 2 * block_params(cfg))
+    # bf16 weight copies: under FSDP the gathered root and two blocks at a time; on one GPU the
+    # weight cache (train/projections.py) holds every block weight in bf16 for the micro-step
+    gathered = 2.0 * (emb + (2 * block_params(cfg) if gpus > 1 else params.non_embedding))
     K = TrainConfig().final_bp_steps(cfg.arch) if bp_steps is None else bp_steps  # the paper's steady K
     layers_per_call = max(1, cfg.half_layers if cfg.arch in ("hrm", "trm", "rins") else cfg.n_layers)
     recorded_calls = _recorded_calls(cfg, K)

@@ -14,6 +14,9 @@ The speed levers live here, each a `train.*` setting (docs/PERFORMANCE.md has th
   compile; or one of torchao's recipes). The output head stays bf16. With our recipes on one
   process, `fp8_weight_cache` quantizes each weight once per micro-step, not at each of HRM's
   calls, and `fused_wgrad` adds weight gradients into `.grad` inside the GEMM.
+- `bf16_weight_cache` (bf16 on one GPU, without float8): the same two savings for the bf16 block
+  projections (train/projections.py): each float32 master weight is cast to bf16 once per
+  micro-step instead of at each call, forward and backward.
 - `activation_memory_budget` < 1: inductor's partitioner recomputes the cheapest activations in
   the backward until the saved ones fit that fraction (pointwise work first).
 - `recompute_calls` = N: the first N recorded stack calls keep only their input and run again in
@@ -31,8 +34,9 @@ from hrm_text.config import FP8_RECIPES, ConfigError, TrainConfig
 from hrm_text.data.batch import PackedBatch
 from hrm_text.model.attention import backend_unavailable
 from hrm_text.model.lm import HRMTextLM, LossOutput
-from hrm_text.train.fp8 import (FUSED_RECIPES, cache_weights, convert_to_float8, drop_weight_cache,
-                                enable_fused_wgrad, enable_weight_cache)
+from hrm_text.train.fp8 import FUSED_RECIPES, convert_to_float8
+from hrm_text.train.projections import (cache_weights, convert_to_bf16_cached, drop_weight_cache, enable_fused_wgrad,
+                                        enable_weight_cache)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,13 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
             one_process = not _sharded(model)
             enable_weight_cache(model, t.fp8_weight_cache and one_process)
             enable_fused_wgrad(model, t.fused_wgrad and one_process)
+    elif t.bf16_weight_cache and t.dtype == "bf16" and device.type == "cuda" and not _sharded(model):
+        # only where the step runs under bf16 autocast (the trainer's CUDA path); FSDP2 gathers
+        # its own bf16 copies and needs autograd's gradient hooks
+        n = convert_to_bf16_cached(model)
+        enable_weight_cache(model)
+        enable_fused_wgrad(model, t.fused_wgrad)
+        log.info("bf16 weight cache on %d block projections (fused weight gradients: %s)", n, t.fused_wgrad)
     if t.activation_memory_budget < 1.0:
         import torch._functorch.config as functorch_config  # private knob of the min-cut partitioner
 
@@ -103,7 +114,7 @@ def forward_backward(
     bf16: bool, recompute_calls: int = 0,
 ) -> LossOutput:
     """Loss of one micro-batch, backward of loss / denom; returns the detached statistics."""
-    cached = cache_weights(model)  # float8 weights quantized once for this micro-step (if enabled)
+    cached = cache_weights(model)  # block weights converted once for this micro-step (if enabled)
     try:
         with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model.loss(batch, bp_steps=K, remat_calls=recompute_calls)
