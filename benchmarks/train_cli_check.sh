@@ -6,17 +6,13 @@
 #   oom     the budget turned off by hand (train.activation_memory_budget=1.0): on an 80 GB card the
 #           step needs about 94 GB, so it must stop with the out-of-memory advice and exit 1, not a
 #           traceback (on a larger card it trains, and says so)
-#   fp8     train.fp8=true (torchao from .whl/, carried): the float8 defaults at the same shape
+#   fp8     train.fp8=true: the float8 defaults (our fused recipe, no extra package) at the same shape
 # Data: a `hrm-text data sample` output and its tokenizer (DATA, default runs/study_hrm_vs_tf/data,
 # carried). Each run gets RUN_S seconds (0 skips it). Run from the repo root on the GPU machine:
 #   bash benchmarks/train_cli_check.sh "$OUT"
 set -u
 OUT=${1:-/tmp/out}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 DATA=${DATA:-runs/study_hrm_vs_tf/data}
 STEPS=${STEPS:-12}

@@ -168,6 +168,25 @@ def _grad_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return num / sum(float(b[n].norm() ** 2) for n in b) ** 0.5
 
 
+def _two_steps(mcfg, batch, **opts) -> tuple[float, float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Two compiled micro-steps with the weights changed in place in between (every matrix's rows
+    rolled by one, as an optimizer writes: the storage stays where it was): the two losses, the
+    second step's gradients and the first's. A cached weight that went stale would show."""
+    model = _prepared(mcfg, **opts)
+    denom = float(batch.loss_index.numel())
+    first = float(forward_backward(model, batch, 5, denom, True).loss_sum)
+    first_grads = {n: p.grad.float().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(p.roll(1, dims=0))
+            p.grad = None
+    second = float(forward_backward(model, batch, 5, denom, True).loss_sum)
+    grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
+    assert len(grads) == len(list(model.parameters())), opts  # every parameter got its gradient
+    return first, second, grads, first_grads
+
+
 @pytest.mark.parametrize("fused_wgrad", [False, True])
 def test_bf16_weight_cache_matches_the_per_call_step(fused_wgrad: bool) -> None:
     """train.bf16_weight_cache, compiled as in training, over two micro-steps with the weights
@@ -180,24 +199,11 @@ def test_bf16_weight_cache_matches_the_per_call_step(fused_wgrad: bool) -> None:
 
     mcfg = model_config("S", vocab_size=4096, n_layers=4)
     batch = _batch(2048, mcfg.vocab_size, 2).with_loss_index().to("cuda")
-    denom = float(batch.loss_index.numel())
-
-    def two_steps(on: bool) -> tuple[float, float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        model = _prepared(mcfg, bf16_weight_cache=on, fused_wgrad=fused_wgrad)
-        assert any(isinstance(m, Bf16Linear) for m in model.modules()) == on
-        first = float(forward_backward(model, batch, 5, denom, True).loss_sum)
-        first_grads = {n: p.grad.float().clone() for n, p in model.named_parameters()}
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() >= 2:  # in place, as the optimizer writes: the storage stays where it was
-                    p.copy_(p.roll(1, dims=0))
-                p.grad = None
-        second = float(forward_backward(model, batch, 5, denom, True).loss_sum)
-        grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
-        assert len(grads) == len(list(model.parameters())), on  # every parameter got its gradient
-        return first, second, grads, first_grads
-
-    base, cached = two_steps(False), two_steps(True)
+    runs = []
+    for on in (False, True):
+        runs.append(_two_steps(mcfg, batch, bf16_weight_cache=on, fused_wgrad=fused_wgrad))
+        assert sum(isinstance(m, Bf16Linear) for m in _prepared(mcfg, bf16_weight_cache=on).modules()) == (16 if on else 0)
+    base, cached = runs
     gap, moved = _grad_gap(cached[2], base[2]), _grad_gap(base[2], base[3])
     print(f"bf16 cache (fused_wgrad={fused_wgrad}): losses {cached[:2]} per-call {base[:2]}; "
           f"gradient gap {gap:.5f}; the weight change moved the gradients by {moved:.3f}")
@@ -229,21 +235,9 @@ def test_fp8_weight_cache_and_fused_wgrad_match_the_per_call_step(recipe: str) -
     assert gemm_out_dtype_ok("cuda")  # bf16 x bf16 -> float32 (and in-place addmm) on this build
     mcfg = model_config("S", vocab_size=4096, n_layers=4)
     batch = _batch(2048, mcfg.vocab_size, 2).with_loss_index().to("cuda")
-    denom = float(batch.loss_index.numel())
 
     def two_steps(**opts: bool) -> tuple[float, float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        model = _prepared(mcfg, **{"fp8": True, "fp8_recipe": recipe, **opts})
-        first = float(forward_backward(model, batch, 5, denom, True).loss_sum)
-        first_grads = {n: p.grad.float().clone() for n, p in model.named_parameters()}
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() >= 2:  # in place, as the optimizer writes: the storage stays where it was
-                    p.copy_(p.roll(1, dims=0))
-                p.grad = None
-        second = float(forward_backward(model, batch, 5, denom, True).loss_sum)
-        grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
-        assert len(grads) == len(list(model.parameters())), opts  # every parameter got its gradient
-        return first, second, grads, first_grads
+        return _two_steps(mcfg, batch, **{"fp8": True, "fp8_recipe": recipe, **opts})
 
     off = dict(fp8_weight_cache=False, fused_wgrad=False)
     ref = two_steps(fp8=False, bf16_weight_cache=False)  # bf16, compiled, per-call casts
