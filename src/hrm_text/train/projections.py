@@ -14,7 +14,10 @@ an add. Two savings, each a switch on the swapped modules:
   into `weight.grad` (cuBLAS with beta = 1), as Megatron's gradient-accumulation fusion does.
   Autograd's own accumulation (and its hooks) is bypassed for these weights, so both are for one
   process only: under FSDP2 the gradients must go through its reduce-scatter hooks, and its
-  gathered weights are not the parameters the cache reads.
+  gathered weights are not the parameters the cache reads. Nor does the fused accumulation work
+  inside activation checkpointing (`train.recompute_calls`): its recomputation hands backward a
+  stand-in for the parameter, so `prepare_model` leaves it off there, and the op refuses a tensor
+  that is not the parameter rather than lose its gradient.
 
     n = convert_to_bf16_cached(model)   # block projections; the head and LoRA adapters stay
     enable_weight_cache(model); enable_fused_wgrad(model)
@@ -46,9 +49,12 @@ from hrm_text.model.loss import matmul_accumulate
 def accumulate_wgrad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
     """`w.grad += gy.T @ x` for the parameter w (a side effect on its `.grad`, made inside the
     backward pass). An opaque op, so that the compiled backward calls it with the parameter itself."""
-    if not (w.is_leaf and w.requires_grad):
-        raise RuntimeError("fused weight-gradient accumulation needs the parameter itself "
-                           f"(got a non-leaf tensor of shape {tuple(w.shape)}); set train.fused_wgrad=false")
+    # A saved-tensor hook (activation checkpointing: train.recompute_calls) hands backward a new
+    # tensor object standing for the parameter; a .grad set on it would be lost without a trace.
+    if not (isinstance(w, nn.Parameter) and w.requires_grad):
+        raise RuntimeError("fused weight-gradient accumulation needs the parameter itself (got a "
+                           f"{type(w).__name__} of shape {tuple(w.shape)}, e.g. a copy made by activation "
+                           "checkpointing; its gradient would be lost); set train.fused_wgrad=false")
     w.grad = matmul_accumulate(w.grad, gy.t(), x, w.dtype)  # float32 master weights: float32 sums
 
 
