@@ -141,8 +141,8 @@ def test_prepare_model_uses_the_bf16_cache_only_where_it_is_safe(monkeypatch, se
 
 def test_recomputed_calls_train_correctly_and_fused_wgrad_refuses_them(monkeypatch):
     """Activation checkpointing (train.recompute_calls) hands the backward a stand-in for each
-    parameter: a gradient added into its .grad would be lost (it was, for 35-60% of the gradient,
-    before this check). The fused op refuses the stand-in loudly; prepare_model turns the fused
+    parameter: a gradient added into its .grad would be lost (the gradients were 45-61% off before
+    this check). The fused op refuses the stand-in loudly; prepare_model turns the fused
     accumulation off for such runs, and the cache alone then gives the plain step's gradients."""
     from hrm_text.model.layers import Block
     from hrm_text.train import step

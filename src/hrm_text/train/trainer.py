@@ -473,7 +473,7 @@ def memory_settings(cfg: Config, cuda: bool, float8: bool) -> list[tuple[str, st
     if cuda and t.compile and t.activation_memory_budget > 0.5:  # read when the blocks compile (CUDA only)
         lower = FITTING_BUDGET if t.activation_memory_budget > FITTING_BUDGET else 0.5
         out.append((f"train.activation_memory_budget={lower}",
-                    "the compiler recomputes cheap activations in backward (bf16 XL at 12,288-token rows: 0.8 72 GB, 0.5 48 GB)"))
+                    "the compiler recomputes cheap activations in backward (bf16 XL at 12,288-token rows: 0.8 74 GB, 0.5 48 GB)"))
     if t.recompute_calls < t.bp_max_steps:  # at most every recorded call
         out.append((f"train.recompute_calls={t.recompute_calls + 1}", "one more recorded stack call recomputed in backward (about 10 GB less at XL)"))
     if rows >= 1024:
