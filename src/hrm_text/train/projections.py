@@ -249,7 +249,7 @@ class Bf16Linear(CachedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cached = self.cached()
-        if not cached or self.bias is not None:
+        if not cached:
             return F.linear(x, self.weight, self.bias)
         lead, k = x.shape[:-1], x.shape[-1]
         y = _Bf16Matmul.apply(x.reshape(-1, k), self.weight, self.fuse_wgrad, cached[0])
