@@ -169,3 +169,35 @@ def test_recomputed_calls_train_correctly_and_fused_wgrad_refuses_them(monkeypat
     forward_backward(model, batch, 5, denom, bf16=True, recompute_calls=2)
     for n, p in model.named_parameters():
         assert rel(p.grad, want[n]) < 1e-2, (n, rel(p.grad, want[n]))
+
+
+def test_lora_trains_the_same_through_the_cached_base():
+    """LoRA on a bf16 GPU run: the frozen base projections (inside peft's wrappers) run from the
+    cache and get no gradient; the adapters stay plain and get the gradients of the uncached run."""
+    pytest.importorskip("peft")
+    from hrm_text.config import LoraConfig
+    from hrm_text.model.lora import apply_lora
+
+    batch = _batch()
+    denom = float(batch.loss_index.numel())
+    runs = []
+    for on in (False, True):
+        model = _tiny()
+        apply_lora(model, LoraConfig(rank=8, alpha=16))
+        with torch.no_grad():  # B = 0 at the start: give the adapters something to pass on
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+        if on:
+            assert convert_to_bf16_cached(model) == 4 * len(model.blocks())
+            enable_weight_cache(model)
+            enable_fused_wgrad(model)
+        out = forward_backward(model, batch, 5, denom, bf16=True)
+        runs.append((float(out.loss_sum), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, model))
+    (l0, g0, _), (l1, g1, model) = runs
+    assert l1 == pytest.approx(l0, rel=1e-4)
+    assert g1.keys() == g0.keys() and any("lora_A" in n for n in g1)
+    for n in g0:
+        assert rel(g1[n], g0[n]) < 1e-2, (n, rel(g1[n], g0[n]))
+    bases = [m for m in cached_modules(model)]
+    assert bases and all(not m.weight.requires_grad and m.weight.grad is None for m in bases)
