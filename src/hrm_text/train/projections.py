@@ -14,10 +14,10 @@ an add. Two savings, each a switch on the swapped modules:
   into `weight.grad` (cuBLAS with beta = 1), as Megatron's gradient-accumulation fusion does.
   Autograd's own accumulation (and its hooks) is bypassed for these weights, so both are for one
   process only: under FSDP2 the gradients must go through its reduce-scatter hooks, and its
-  gathered weights are not the parameters the cache reads. Nor does the fused accumulation work
-  inside activation checkpointing (`train.recompute_calls`): its recomputation hands backward a
-  stand-in for the parameter, so `prepare_model` leaves it off there, and the op refuses a tensor
-  that is not the parameter rather than lose its gradient.
+  gathered weights are not the parameters the cache reads. Inside activation checkpointing
+  (`train.recompute_calls`) the recomputation hands backward a detached stand-in that shares the
+  parameter's storage; the op finds the parameter by that storage (`_owner`), and refuses any
+  tensor it cannot resolve rather than lose its gradient.
 
     n = convert_to_bf16_cached(model)   # block projections; the head and LoRA adapters stay
     enable_weight_cache(model); enable_fused_wgrad(model)
@@ -49,13 +49,12 @@ from hrm_text.model.loss import matmul_accumulate
 def accumulate_wgrad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
     """`w.grad += gy.T @ x` for the parameter w (a side effect on its `.grad`, made inside the
     backward pass). An opaque op, so that the compiled backward calls it with the parameter itself."""
-    # A saved-tensor hook (activation checkpointing: train.recompute_calls) hands backward a new
-    # tensor object standing for the parameter; a .grad set on it would be lost without a trace.
-    if not (isinstance(w, nn.Parameter) and w.requires_grad):
+    p = _owner(w)
+    if p is None:
         raise RuntimeError("fused weight-gradient accumulation needs the parameter itself (got a "
-                           f"{type(w).__name__} of shape {tuple(w.shape)}, e.g. a copy made by activation "
-                           "checkpointing; its gradient would be lost); set train.fused_wgrad=false")
-    w.grad = matmul_accumulate(w.grad, gy.t(), x, w.dtype)  # float32 master weights: float32 sums
+                           f"{type(w).__name__} of shape {tuple(w.shape)} that is no registered parameter's "
+                           "storage; its gradient would be lost); set train.fused_wgrad=false")
+    p.grad = matmul_accumulate(p.grad, gy.t(), x, p.dtype)  # float32 master weights: float32 sums
 
 
 @accumulate_wgrad.register_fake
@@ -65,6 +64,27 @@ def _(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
 
 # it returns nothing and declares no mutation: without this the compiler would drop it as dead code
 torch.fx.node.has_side_effect(torch.ops.hrm_text.accumulate_wgrad.default)
+
+# The parameters the op may add into, by storage address. A saved-tensor hook (activation
+# checkpointing: train.recompute_calls) hands backward a new tensor object standing for the
+# parameter, detached but on the same storage; a .grad set on that object would be lost.
+_OWNERS: "weakref.WeakValueDictionary[int, nn.Parameter]" = weakref.WeakValueDictionary()
+
+
+def _register_owners(mods: "list[CachedLinear]") -> None:
+    for m in mods:
+        if m.fuse_wgrad:
+            _OWNERS[m.weight.data_ptr()] = m.weight
+
+
+def _owner(w: torch.Tensor) -> nn.Parameter | None:
+    """The parameter `w` is, or stands for (same storage, shape and dtype); None if none is known."""
+    if isinstance(w, nn.Parameter):
+        return w if w.requires_grad else None
+    p = _OWNERS.get(w.data_ptr())
+    if p is None or not p.requires_grad or (p.shape, p.dtype, p.stride()) != (w.shape, w.dtype, w.stride()):
+        return None
+    return p if p.data_ptr() == w.data_ptr() else None  # the parameter may have moved since
 
 
 def weight_grad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, fuse: bool) -> torch.Tensor | None:
@@ -133,7 +153,9 @@ def _set_on_all(model: nn.Module, attr: str, on: bool) -> int:
 def enable_fused_wgrad(model: nn.Module, on: bool = True) -> int:
     """Accumulate the swapped projections' weight gradients straight into `.grad` (one process
     only: autograd's accumulation and its hooks are bypassed). Returns how many modules."""
-    return _set_on_all(model, "fuse_wgrad", on)
+    n = _set_on_all(model, "fuse_wgrad", on)
+    _register_owners(cached_modules(model))
+    return n
 
 
 def enable_weight_cache(model: nn.Module, on: bool = True) -> int:
@@ -190,6 +212,7 @@ def cache_weights(model: nn.Module) -> int:
     mods = [m for m in cached_modules(model) if m.cache_on]
     if not mods:
         return 0
+    _register_owners(mods)  # again: the parameters may have moved since enable_fused_wgrad
     with torch.no_grad():
         if mods[0].weight.is_cuda:
             outs = _convert_cuda(model, mods)

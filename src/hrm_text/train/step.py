@@ -83,11 +83,11 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
             # both bypass a per-call path that FSDP2 relies on (its gathered weights; its gradient hooks)
             one_process = not _sharded(model)
             enable_weight_cache(model, t.fp8_weight_cache and one_process)
-            enable_fused_wgrad(model, _fused_wgrad(t) and one_process)
+            enable_fused_wgrad(model, t.fused_wgrad and one_process)
     elif t.bf16_weight_cache and t.dtype == "bf16" and device.type == "cuda" and not _sharded(model):
         # only where the step runs under bf16 autocast (the trainer's CUDA path); FSDP2 gathers
         # its own bf16 copies and needs autograd's gradient hooks
-        n, fused = convert_to_bf16_cached(model), _fused_wgrad(t)
+        n, fused = convert_to_bf16_cached(model), t.fused_wgrad
         enable_weight_cache(model)
         enable_fused_wgrad(model, fused)
         log.info("bf16 weight cache on %d block projections (fused weight gradients: %s)", n, fused)
@@ -103,16 +103,6 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
         options = {"triton.multi_kernel": 1, "fx_graph_cache": False} if t.multi_kernel else None
         for blk in model.blocks():
             blk.compile(options=options)
-
-
-def _fused_wgrad(t: TrainConfig) -> bool:
-    """train.fused_wgrad, unless stack calls are recomputed: activation checkpointing hands the
-    backward a stand-in for each parameter, on which a gradient added in place would be lost."""
-    if t.fused_wgrad and t.recompute_calls > 0:
-        log.info("train.fused_wgrad off: train.recompute_calls=%d recomputes stack calls (autograd sums "
-                 "the weight gradients instead)", t.recompute_calls)
-        return False
-    return t.fused_wgrad
 
 
 def _sharded(model: torch.nn.Module) -> bool:
