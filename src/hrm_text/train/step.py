@@ -20,13 +20,17 @@ The speed levers live here, each a `train.*` setting (docs/PERFORMANCE.md has th
 - `activation_memory_budget` < 1: inductor's partitioner recomputes the cheapest activations in
   the backward until the saved ones fit that fraction (pointwise work first).
 - `recompute_calls` = N: the first N recorded stack calls keep only their input and run again in
-  the backward (activation checkpointing per stack call). It turns `fused_wgrad` off: the
-  recomputation hands backward a stand-in for each parameter (train/projections.py).
+  the backward (activation checkpointing per stack call). The recomputation hands backward a
+  stand-in for each parameter; the fused accumulation finds the parameter behind it
+  (train/projections.py).
+- `residual_gemm`: the block's last GEMM adds the residual stream in its epilogue
+  (train/graph_passes.py), instead of a separate add kernel.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -36,6 +40,7 @@ from hrm_text.data.batch import PackedBatch
 from hrm_text.model.attention import backend_unavailable
 from hrm_text.model.lm import HRMTextLM, LossOutput
 from hrm_text.train.fp8 import FUSED_RECIPES, convert_to_float8
+from hrm_text.train.graph_passes import ResidualIntoGemm
 from hrm_text.train.projections import (cache_weights, convert_to_bf16_cached, drop_weight_cache, enable_fused_wgrad,
                                         enable_weight_cache)
 
@@ -100,9 +105,11 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
         # 1,024, so without it the norms and float8 scales loop over each row 2-3 times. Loading
         # such a graph from inductor's cache failed in torch 2.11 (MultiKernelCall on a cache hit),
         # so its graphs skip that cache: the path measured, cold at every launch.
-        options = {"triton.multi_kernel": 1, "fx_graph_cache": False} if t.multi_kernel else None
+        options: dict[str, Any] = {"triton.multi_kernel": 1, "fx_graph_cache": False} if t.multi_kernel else {}
+        if t.residual_gemm:
+            options["post_grad_custom_post_pass"] = ResidualIntoGemm()
         for blk in model.blocks():
-            blk.compile(options=options)
+            blk.compile(options=options or None)
 
 
 def _sharded(model: torch.nn.Module) -> bool:
