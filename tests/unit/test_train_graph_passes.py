@@ -90,3 +90,14 @@ def test_the_rewritten_graph_runs_and_matches(returned):
     targets = {n.target for n in gm.graph.nodes if n.op == "call_function"}
     assert (torch.ops.aten.addmm.default in targets) == returned
     assert torch.allclose(gm(*args), f(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_a_dynamic_shape_graph_is_left_alone():
+    def f(r: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return r + (a @ b).view(r.shape)
+
+    args = (torch.randn(2, 4, 4), torch.randn(8, 16), torch.randn(16, 4))
+    gm = torch.fx.experimental.proxy_tensor.make_fx(f, tracing_mode="symbolic")(*args)
+    assert any(n.target is torch.ops.aten.mm.default for n in gm.graph.nodes)
+    assert residual_into_gemm(gm.graph) == 0
+    assert torch.allclose(gm(*args), f(*args))

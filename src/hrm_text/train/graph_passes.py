@@ -59,6 +59,8 @@ def residual_into_gemm(graph: fx.Graph) -> int:
             mv = _val(mm)
             if mv is None or tuple(rv.shape) != tuple(out.shape) or rv.dtype != out.dtype or mv.dim() != 2:
                 continue
+            if not all(isinstance(d, int) for d in (*mv.shape, *out.shape)):
+                continue  # symbolic sizes (a dynamic-shape graph): left as it is
             if rv.dtype == mv.dtype:
                 target, extra = aten.addmm.default, ()
             elif rv.dtype == torch.float32 and mv.dtype in (torch.bfloat16, torch.float16) and mv.is_cuda:
