@@ -5,7 +5,8 @@ each computes what the graph it replaces computes.
 bf16 product, then an element-wise kernel reading the float32 residual and the product and
 writing their float32 sum: at XL with 12,288-token rows, 128 such adds per step (9 ms of 576 on
 an H100). The pass lets the GEMM add the residual in its epilogue instead (`addmm`, cuBLAS with
-beta = 1, float32 output): one kernel, and the product is summed in float32 before any rounding.
+beta = 1, float32 output; our op `residual_mm`): one kernel, and the product is summed in float32
+before any rounding.
 Only where the sum is the graph's output (the block's return value): a sum that feeds a norm is
 already fused into the norm's kernel, and an epilogue would only add traffic there.
 
@@ -27,6 +28,21 @@ aten = torch.ops.aten
 _RESHAPES = (aten.reshape.default, aten.view.default, aten._unsafe_view.default)
 
 
+@torch.library.custom_op("hrm_text::residual_mm", mutates_args=())
+def residual_mm(r: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`r + a @ b` in r's dtype from one GEMM (beta = 1): a float32 r with bf16 a and b takes the
+    float32 product, never rounded to bf16. An opaque op, so the compiler keeps it one kernel
+    (torch 2.11 also has no working shape function for `aten.addmm.dtype`)."""
+    if a.dtype == r.dtype:
+        return torch.addmm(r, a, b)
+    return torch.addmm(r, a, b, out_dtype=r.dtype)
+
+
+@residual_mm.register_fake
+def _(r: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return r.new_empty((a.shape[0], b.shape[1]))
+
+
 def _val(n: Any) -> Any:
     return n.meta.get("val") if isinstance(n, fx.Node) else None
 
@@ -42,8 +58,8 @@ def _product(n: Any) -> tuple[fx.Node, fx.Node] | None:
 
 
 def residual_into_gemm(graph: fx.Graph) -> int:
-    """Rewrite every returned `r + reshape(mm(a, b))` as `reshape(addmm(reshape(r), a, b))`;
-    returns how many. A float32 r with a bf16 product uses addmm's float32 output (CUDA only)."""
+    """Rewrite every returned `r + reshape(mm(a, b))` as `reshape(residual_mm(reshape(r), a, b))`;
+    returns how many. A float32 r with a bf16 product needs a float32 GEMM output (CUDA only)."""
     n_done = 0
     for add in list(graph.nodes):
         if add.op != "call_function" or add.target is not aten.add.Tensor or add.kwargs or len(add.args) != 2:
@@ -61,20 +77,17 @@ def residual_into_gemm(graph: fx.Graph) -> int:
                 continue
             if not all(isinstance(d, int) for d in (*mv.shape, *out.shape)):
                 continue  # symbolic sizes (a dynamic-shape graph): left as it is
-            if rv.dtype == mv.dtype:
-                target, extra = aten.addmm.default, ()
-            elif rv.dtype == torch.float32 and mv.dtype in (torch.bfloat16, torch.float16) and mv.is_cuda:
-                target, extra = aten.addmm.dtype, (torch.float32,)
-            else:
-                continue
+            if rv.dtype != mv.dtype and not (rv.dtype == torch.float32 and mv.dtype in (torch.bfloat16, torch.float16) and mv.is_cuda):
+                continue  # a float32 output from bf16 inputs: CUDA's GEMMs only
+            target = torch.ops.hrm_text.residual_mm.default
             fake_mode = detect_fake_mode([rv, mv])
             with graph.inserting_before(add):
                 r2 = graph.call_function(aten.reshape.default, (r, list(mv.shape)))
-                fused = graph.call_function(target, (r2, *mm.args, *extra))
+                fused = graph.call_function(target, (r2, *mm.args))
                 back = graph.call_function(aten.reshape.default, (fused, list(out.shape)))
             with fake_mode:  # the lowering reads each node's example value
                 r2.meta["val"] = aten.reshape.default(rv, list(mv.shape))
-                fused.meta["val"] = target(r2.meta["val"], *[_val(a) for a in mm.args], *extra)
+                fused.meta["val"] = target(r2.meta["val"], *[_val(a) for a in mm.args])
                 back.meta["val"] = aten.reshape.default(fused.meta["val"], list(out.shape))
             add.replace_all_uses_with(back)
             graph.erase_node(add)
