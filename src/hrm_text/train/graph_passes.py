@@ -35,7 +35,9 @@ def residual_mm(r: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tens
     (torch 2.11 also has no working shape function for `aten.addmm.dtype`)."""
     if a.dtype == r.dtype:
         return torch.addmm(r, a, b)
-    return torch.addmm(r, a, b, out_dtype=r.dtype)
+    out = r.new_empty((a.shape[0], b.shape[1]))
+    # the `out=` overload: the one the fused weight-gradient accumulation runs on the GPU
+    return torch.addmm(r, a, b, out_dtype=r.dtype, out=out)
 
 
 @residual_mm.register_fake
