@@ -200,5 +200,5 @@ def test_lora_trains_the_same_through_the_cached_base():
     assert g1.keys() == g0.keys() and any("lora_A" in n for n in g1)
     for n in g0:
         assert rel(g1[n], g0[n]) < 1e-2, (n, rel(g1[n], g0[n]))
-    bases = [m for m in cached_modules(model)]
+    bases = cached_modules(model)
     assert bases and all(not m.weight.requires_grad and m.weight.grad is None for m in bases)

@@ -49,14 +49,14 @@ def _val(n: Any) -> Any:
     return n.meta.get("val") if isinstance(n, fx.Node) else None
 
 
-def _product(n: Any) -> tuple[fx.Node, fx.Node] | None:
-    """(mm, reshape) when n is `reshape(mm(a, b))` and neither has another user."""
+def _product(n: Any) -> fx.Node | None:
+    """The mm node when n is `reshape(mm(a, b))` and neither has another user."""
     if not (isinstance(n, fx.Node) and n.op == "call_function" and n.target in _RESHAPES and len(n.users) == 1):
         return None
     mm = n.args[0]
     if not (isinstance(mm, fx.Node) and mm.op == "call_function" and mm.target is aten.mm.default and len(mm.users) == 1):
         return None
-    return mm, n
+    return mm
 
 
 def residual_into_gemm(graph: fx.Graph) -> int:
@@ -69,14 +69,12 @@ def residual_into_gemm(graph: fx.Graph) -> int:
         if not add.users or any(u.op != "output" for u in add.users):
             continue
         for r, other in (add.args, add.args[::-1]):
-            found = _product(other)
-            rv, ov, out = _val(r), _val(other), _val(add)
-            if found is None or rv is None or ov is None or out is None:
+            mm = _product(other)
+            mv, rv, out = _val(mm), _val(r), _val(add)
+            if mv is None or rv is None or out is None or mv.dim() != 2:
                 continue
-            mm, _ = found
-            mv = _val(mm)
-            if mv is None or tuple(rv.shape) != tuple(out.shape) or rv.dtype != out.dtype or mv.dim() != 2:
-                continue
+            if tuple(rv.shape) != tuple(out.shape) or rv.dtype != out.dtype:
+                continue  # r broadcast, or promoted to another dtype by the add
             if not all(isinstance(d, int) for d in (*mv.shape, *out.shape)):
                 continue  # symbolic sizes (a dynamic-shape graph): left as it is
             if rv.dtype != mv.dtype and not (rv.dtype == torch.float32 and mv.dtype in (torch.bfloat16, torch.float16) and mv.is_cuda):

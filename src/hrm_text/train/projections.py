@@ -189,6 +189,7 @@ def _convert_cuda(model: nn.Module, mods: list[CachedLinear]) -> list[tuple[torc
     rep = _REPLAYS.get(model)
     if rep is None or rep.ptrs != ptrs:
         _REPLAYS.pop(model, None)  # free the old graph's pool first
+        _register_owners(mods)  # the parameters moved since enable_fused_wgrad (or first use)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # compile and autotune before the capture, as CUDA graphs need
@@ -212,11 +213,11 @@ def cache_weights(model: nn.Module) -> int:
     mods = [m for m in cached_modules(model) if m.cache_on]
     if not mods:
         return 0
-    _register_owners(mods)  # again: the parameters may have moved since enable_fused_wgrad
     with torch.no_grad():
         if mods[0].weight.is_cuda:
             outs = _convert_cuda(model, mods)
         else:
+            _register_owners(mods)  # the parameters may have moved since enable_fused_wgrad
             outs = [m.convert(m.weight) for m in mods]
     for m, qs in zip(mods, outs):
         _set_cache(m, qs)

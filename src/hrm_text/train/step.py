@@ -92,10 +92,10 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
     elif t.bf16_weight_cache and t.dtype == "bf16" and device.type == "cuda" and not _sharded(model):
         # only where the step runs under bf16 autocast (the trainer's CUDA path); FSDP2 gathers
         # its own bf16 copies and needs autograd's gradient hooks
-        n, fused = convert_to_bf16_cached(model), t.fused_wgrad
+        n = convert_to_bf16_cached(model)
         enable_weight_cache(model)
-        enable_fused_wgrad(model, fused)
-        log.info("bf16 weight cache on %d block projections (fused weight gradients: %s)", n, fused)
+        enable_fused_wgrad(model, t.fused_wgrad)
+        log.info("bf16 weight cache on %d block projections (fused weight gradients: %s)", n, t.fused_wgrad)
     if t.activation_memory_budget < 1.0:
         import torch._functorch.config as functorch_config  # private knob of the min-cut partitioner
 
