@@ -13,8 +13,6 @@
 #           rate on a causal row and with no mask; flex autotuned (max-autotune: the configs it chose
 #           are in parts.log) and 128 x 64 sparse blocks; ATTN_VARIANTS (space-separated name fragments)
 #   check   flex against sdpa on the GPU (benchmarks/check_attention_gpu.py)
-#   resid   the block's last GEMM and its residual add, apart or in one epilogue GEMM
-#           (step_parts.py --only residual; train.residual_gemm); off unless RESID_S > 0, runs first
 #   tier    the whole GPU test tier (benchmarks/gpu_tests.sh; torchao from .whl/ if carried); off
 #           unless TIER_S > 0 (it needs about 190 s on an H100)
 #   cli     `hrm-text quickstart --minutes 0.5` launched twice on the GPU, the second on the first's
@@ -26,11 +24,8 @@ OUT=${1:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
-PARTS_S=${PARTS_S:-110} XL_S=${XL_S:-300} CHECK_S=${CHECK_S:-40} TIER_S=${TIER_S:-0} RESID_S=${RESID_S:-0}
+PARTS_S=${PARTS_S:-110} XL_S=${XL_S:-300} CHECK_S=${CHECK_S:-40} TIER_S=${TIER_S:-0}
 limit() { if [ "$1" -gt 0 ]; then timeout "$@"; else echo "skipped (limit 0): ${*:2:3}"; fi; }
-limit "$RESID_S" python3 benchmarks/step_parts.py --only residual --out /tmp/attn_suite_resid > /tmp/attn_suite_resid.log 2>&1
-grep -E '^\{"projection' /tmp/attn_suite_resid.log; grep -m3 -E "Error" /tmp/attn_suite_resid.log | cut -c1-300
-cp /tmp/attn_suite_resid.log "$OUT/resid.log" 2>/dev/null
 xl_variants=()
 for v in ${XL_VARIANTS:-fp8:fp8=true fp8_no_multikernel:fp8=true,multi_kernel=false}; do xl_variants+=(--variant "$v"); done
 base=()

@@ -8,8 +8,6 @@ measurement before it goes into the step (issue 10). One device call, three sect
              saved-activation memory): residual stream float32 vs bfloat16, attention backend,
              bf16 vs float8 projections (ours, train/fp8.py, and torchao's recipes)
   matmul     the bf16 matmul rate of the card (8192^3, random data)
-  residual   the block's last projection and its residual add: GEMM + add kernel, or one GEMM
-             adding the float32 residual in its epilogue
 
     python benchmarks/step_parts.py --out $OUT            # everything, about 4 minutes on an H200
     python benchmarks/step_parts.py --only attention --out /tmp/parts
@@ -42,7 +40,6 @@ from train_throughput import make_rows, matmul_rate  # noqa: E402  (the same row
 from hrm_text.model.attention import FLEX_BLOCK, AttnMask, attention, build_prefix_lm_mask  # noqa: E402
 from hrm_text.model.layers import Block, RotaryEmbedding  # noqa: E402
 from hrm_text.train.fp8 import FUSED_RECIPES, convert_to_float8  # noqa: E402
-from hrm_text.train.graph_passes import residual_mm  # noqa: E402
 
 H, D, HIDDEN, INTER = 12, 128, 1536, 4096
 NOGRAD_CALLS, RECORDED_CALLS, LAYERS_PER_CALL = 3, 5, 16
@@ -316,35 +313,11 @@ def section_block(rows: dict[str, torch.Tensor], reps: int, all_variants: bool =
     return results
 
 
-def section_residual_gemm(tokens: int, reps: int) -> list[dict[str, Any]]:
-    """The block's last projection with its residual add: inductor's GEMM then a separate add
-    kernel (float32 residual + bf16 product), against one GEMM that adds the residual in its
-    epilogue (`addmm` with a float32 output, cuBLAS beta = 1). Shapes of the XL block's down_proj
-    and o_proj at `tokens` tokens."""
-    results = []
-    for name, k in (("down_proj", INTER), ("o_proj", HIDDEN)):
-        g = torch.Generator(device="cuda").manual_seed(0)
-        h = torch.randn(tokens, k, device="cuda", generator=g).bfloat16()
-        w = (torch.randn(HIDDEN, k, device="cuda", generator=g) / math.sqrt(k)).bfloat16()
-        r = torch.randn(tokens, HIDDEN, device="cuda", generator=g)
-        split = torch.compile(lambda r, h, w: r + h @ w.t())
-        fused = lambda r, h, w: residual_mm(r, h, w.t())  # noqa: E731  (one extern GEMM: nothing to compile)
-        res: dict[str, Any] = {"projection": name, "M": tokens, "K": k, "N": HIDDEN}
-        want = r.double() + h.double() @ w.double().t()
-        for vname, fn in (("gemm_then_add", split), ("addmm_epilogue", fused)):
-            res[f"{vname}_ms"] = timed(lambda: fn(r, h, w), reps)
-            res[f"{vname}_rel_err"] = rel_err(fn(r, h, w).double(), want)
-        res["saved_ms_per_step"] = (res["gemm_then_add_ms"] - res["addmm_epilogue_ms"]) * (NOGRAD_CALLS + RECORDED_CALLS) * LAYERS_PER_CALL
-        print(json.dumps(res), flush=True)
-        results.append(res)
-    return results
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=12288)
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--only", choices=["attention", "block", "matmul", "residual"], action="append", default=None)
+    ap.add_argument("--only", choices=["attention", "block", "matmul"], action="append", default=None)
     ap.add_argument("--all-block-variants", action="store_true", help="also torchao tensorwise/rowwise, bf16 residual, varlen attention")
     ap.add_argument("--profile", action="store_true", help="kernel table of each block variant (OUT/block_profile.txt)")
     ap.add_argument("--block-variant", action="append", default=None,
@@ -366,8 +339,6 @@ def main() -> None:
     if "matmul" in only:
         report["matmul"] = {"bf16_matmul_tflops": matmul_rate() / 1e12}
         print(json.dumps(report["matmul"]), flush=True)
-    if "residual" in only:
-        report["residual"] = section_residual_gemm(args.tokens, args.reps)
     # blocks before attention, and the experimental cuDNN kernels last: a kernel that faults (as
     # cuDNN's ragged call did on an H100) poisons the CUDA context for everything after it
     if "block" in only:

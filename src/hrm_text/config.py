@@ -206,10 +206,6 @@ class TrainConfig:
     # (+1.2-2.4% at XL). With torch 2.11 a compile-cache hit of such a graph failed, so these graphs skip
     # inductor's cache and compile from cold at every launch (about 40 s at XL; docs/PERFORMANCE.md)
     multi_kernel: bool = True
-    # the block's last GEMM adds the float32 residual in its epilogue (cuBLAS beta = 1) instead of
-    # a separate add kernel after it (train/graph_passes.py; CUDA, compiled blocks). Experimental,
-    # off: its full-step speed is not measured yet (docs/PERFORMANCE.md, thirteenth session)
-    residual_gemm: bool = False
     # speed and memory (train/step.py; measured in docs/PERFORMANCE.md)
     fp8: bool = False  # float8 training of the block projections (H100/H200 class GPUs)
     # fused: ours (train/fp8.py: float8 forward and input-gradient GEMMs, casts fused by compile);

@@ -56,27 +56,22 @@ def test_a_plain_model_is_not_sharded():
     assert not _sharded(_model())
 
 
-@pytest.mark.parametrize("residual_gemm", [True, False])
 @pytest.mark.parametrize("multi_kernel", [True, False])
-def test_blocks_are_compiled_with_the_configured_options(monkeypatch, multi_kernel, residual_gemm):
+def test_blocks_are_compiled_with_the_configured_options(monkeypatch, multi_kernel):
     """On CUDA every block is compiled, with inductor's multi-kernel where train.multi_kernel asks
-    (the row reductions are wider than inductor's whole-row limit) and the residual-into-GEMM pass
-    where train.residual_gemm asks; on CPU nothing is compiled."""
+    (the row reductions are wider than inductor's whole-row limit); on CPU nothing is compiled."""
     from hrm_text.model.layers import Block
-    from hrm_text.train.graph_passes import ResidualIntoGemm
 
     seen = []
     monkeypatch.setattr(Block, "compile", lambda self, **kw: seen.append(kw))
     model = _model()
-    t = TrainConfig(multi_kernel=multi_kernel, residual_gemm=residual_gemm)
+    t = TrainConfig(multi_kernel=multi_kernel)
     prepare_model(model, t, torch.device("cpu"))
     assert seen == []
     prepare_model(model, t, torch.device("cuda"))
     assert len(seen) == len(list(model.blocks())) > 0
     for kw in seen:
-        opts = dict(kw["options"] or {})
-        assert isinstance(opts.pop("post_grad_custom_post_pass", None), ResidualIntoGemm) == residual_gemm
-        assert opts == ({"triton.multi_kernel": 1, "fx_graph_cache": False} if multi_kernel else {})
+        assert (kw["options"] or {}) == ({"triton.multi_kernel": 1, "fx_graph_cache": False} if multi_kernel else {})
 
 
 @pytest.mark.parametrize("budget", [0.0, -0.1, 1.5])

@@ -23,8 +23,6 @@ The speed levers live here, each a `train.*` setting (docs/PERFORMANCE.md has th
   the backward (activation checkpointing per stack call). The recomputation hands backward a
   stand-in for each parameter; the fused accumulation finds the parameter behind it
   (train/projections.py).
-- `residual_gemm`: the block's last GEMM adds the residual stream in its epilogue
-  (train/graph_passes.py), instead of a separate add kernel.
 """
 
 from __future__ import annotations
@@ -40,7 +38,6 @@ from hrm_text.data.batch import PackedBatch
 from hrm_text.model.attention import backend_unavailable
 from hrm_text.model.lm import HRMTextLM, LossOutput
 from hrm_text.train.fp8 import FUSED_RECIPES, convert_to_float8
-from hrm_text.train.graph_passes import ResidualIntoGemm
 from hrm_text.train.projections import (cache_weights, convert_to_bf16_cached, drop_weight_cache, enable_fused_wgrad,
                                         enable_weight_cache)
 
@@ -106,8 +103,6 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
         # such a graph from inductor's cache failed in torch 2.11 (MultiKernelCall on a cache hit),
         # so its graphs skip that cache: the path measured, cold at every launch.
         options: dict[str, Any] = {"triton.multi_kernel": 1, "fx_graph_cache": False} if t.multi_kernel else {}
-        if t.residual_gemm:
-            options["post_grad_custom_post_pass"] = ResidualIntoGemm()
         for blk in model.blocks():
             blk.compile(options=options or None)
 
