@@ -56,10 +56,10 @@ THROUGHPUT_TABLE: dict[tuple[str, str], Throughput] = {
         "measured: benchmarks/train_throughput.py, 1 H200, K=5, 12,288-token rows, bf16, 2026-12-02",
     ),
     ("XL", "H100"): Throughput(
-        21557.9,
+        21451.5,
         "measured: benchmarks/train_throughput.py, 1 H100, K=5, 12,288-token rows, bf16 with the "
         "weight cache and train.activation_memory_budget=0.8 (74.1 GB; without the budget 12,288 "
-        "needs about 94 GB), mean of 2 runs on 2 machines (21,403 and 21,713), 2026-12-07",
+        "needs about 94 GB), mean of 4 runs on 4 lent machines (21,211-21,713), 2026-12-07",
     ),
 }
 FP8_THROUGHPUT_TABLE: dict[tuple[str, str], Throughput] = {
@@ -68,11 +68,11 @@ FP8_THROUGHPUT_TABLE: dict[tuple[str, str], Throughput] = {
         "measured: benchmarks/train_throughput.py, 1 H200, K=5, 12,288-token rows, train.fp8 (torchao rowwise), 2026-12-02",
     ),
     ("XL", "H100"): Throughput(
-        24830.0,
+        24826.2,
         "measured: benchmarks/train_throughput.py, 1 H100, K=5, 12,288-token rows, train.fp8 with "
         "train.fp8_recipe=fused_lowmem, fused weight gradients, the weight cache, the EMA in the "
         "optimizer's pass, the bounds mask and multi-kernel (fits 80 GB without recomputation), "
-        "74.1 GB peak, mean of 4 runs on 3 machines (24,737-25,040), 2026-12-07",
+        "74.1 GB peak, mean of 5 runs on 4 lent machines (24,737-25,040), 2026-12-07",
     ),
 }
 PAPER_DERIVED = Throughput(
