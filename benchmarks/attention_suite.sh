@@ -14,7 +14,7 @@
 #           are in parts.log) and 128 x 64 sparse blocks; ATTN_VARIANTS (space-separated name fragments)
 #   check   flex against sdpa on the GPU (benchmarks/check_attention_gpu.py)
 #   tier    the whole GPU test tier (benchmarks/gpu_tests.sh; torchao from .whl/ if carried); off
-#           unless TIER_S > 0 (it needs about 190 s on an H100)
+#           unless TIER_S > 0 (it needs more than 330 s on a fresh H100: give it 420)
 #   cli     `hrm-text quickstart --minutes 0.5` launched twice on the GPU, the second on the first's
 #           warm compile caches (the trainer's default path, multi-kernel on); off unless CLI_S > 0
 #           (each launch gets CLI_S seconds; about 120 is enough)
