@@ -277,4 +277,3 @@ def test_fp8_step_runs_and_stays_close_to_bf16(recipe: str) -> None:
     num = sum(float((a - b).norm() ** 2) for a, b in zip(*grads)) ** 0.5
     den = sum(float(a.norm() ** 2) for a in grads[0]) ** 0.5
     assert num / den < 0.15, num / den  # float8 e4m3 GEMMs: a few percent per GEMM
-

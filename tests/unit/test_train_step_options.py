@@ -57,7 +57,7 @@ def test_a_plain_model_is_not_sharded():
 
 
 @pytest.mark.parametrize("multi_kernel", [True, False])
-def test_blocks_are_compiled_with_the_configured_options(monkeypatch, multi_kernel):
+def test_blocks_are_compiled_with_multi_kernel_as_configured(monkeypatch, multi_kernel):
     """On CUDA every block is compiled, with inductor's multi-kernel where train.multi_kernel asks
     (the row reductions are wider than inductor's whole-row limit); on CPU nothing is compiled."""
     from hrm_text.model.layers import Block
@@ -65,13 +65,12 @@ def test_blocks_are_compiled_with_the_configured_options(monkeypatch, multi_kern
     seen = []
     monkeypatch.setattr(Block, "compile", lambda self, **kw: seen.append(kw))
     model = _model()
-    t = TrainConfig(multi_kernel=multi_kernel)
-    prepare_model(model, t, torch.device("cpu"))
+    prepare_model(model, TrainConfig(multi_kernel=multi_kernel), torch.device("cpu"))
     assert seen == []
-    prepare_model(model, t, torch.device("cuda"))
+    prepare_model(model, TrainConfig(multi_kernel=multi_kernel), torch.device("cuda"))
     assert len(seen) == len(list(model.blocks())) > 0
-    for kw in seen:
-        assert (kw["options"] or {}) == ({"triton.multi_kernel": 1, "fx_graph_cache": False} if multi_kernel else {})
+    want = {"triton.multi_kernel": 1, "fx_graph_cache": False} if multi_kernel else None
+    assert all(kw == {"options": want} for kw in seen)
 
 
 @pytest.mark.parametrize("budget", [0.0, -0.1, 1.5])

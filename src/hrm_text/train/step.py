@@ -28,7 +28,6 @@ The speed levers live here, each a `train.*` setting (docs/PERFORMANCE.md has th
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -102,9 +101,9 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
         # 1,024, so without it the norms and float8 scales loop over each row 2-3 times. Loading
         # such a graph from inductor's cache failed in torch 2.11 (MultiKernelCall on a cache hit),
         # so its graphs skip that cache: the path measured, cold at every launch.
-        options: dict[str, Any] = {"triton.multi_kernel": 1, "fx_graph_cache": False} if t.multi_kernel else {}
+        options = {"triton.multi_kernel": 1, "fx_graph_cache": False} if t.multi_kernel else None
         for blk in model.blocks():
-            blk.compile(options=options or None)
+            blk.compile(options=options)
 
 
 def _sharded(model: torch.nn.Module) -> bool:
