@@ -222,6 +222,10 @@ class TrainConfig:
     # bf16 without float8 on one GPU (train/projections.py): cast each float32 block weight to bf16
     # once per micro-step instead of at each of HRM's calls (+2 bytes per block parameter: 2 GB at XL)
     bf16_weight_cache: bool = True
+    # hold HRM's states (the residual stream between and inside the stacks) in bf16 under autocast,
+    # as transformers' hrm_text run in bf16 does, instead of float32: half the bytes of every
+    # residual add and norm input, and of the block inputs saved for backward (model/hrm.py)
+    bf16_states: bool = False
     activation_memory_budget: float = 1.0  # < 1: the compiler recomputes activations to save memory (bf16 XL, 12,288-token rows: 0.8 fits 80 GB at 74 GB, the fastest there; a bf16 GPU run that would not fit sets 0.8 unless this is set)
     recompute_calls: int = 0  # first N recorded stack calls recomputed in backward (checkpointing)
     # FSDP2: free a block's gathered weights after each call (True) or keep them until backward

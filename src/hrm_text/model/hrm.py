@@ -36,6 +36,10 @@ class RecurrentCore(nn.Module):
         if StateInit.Z_L_INIT in self.schedule.init.values():
             self.register_buffer("z_L_init", torch.zeros(d))
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        # Under autocast, hold the states (every stack's residual stream) in the autocast dtype
+        # rather than the embedding's float32, as transformers' hrm_text in bf16 does: half the
+        # bytes of every residual add, norm input and saved block input (train.bf16_states).
+        self.autocast_states = False
 
     def reset_parameters(self, generator_seed: int | None = None) -> None:
         d = self.cfg.hidden_size
@@ -53,6 +57,9 @@ class RecurrentCore(nn.Module):
     def initial_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """Every state before the first stack call, and the RoPE tables for `position_ids`."""
         x = self.embed_tokens(input_ids) * self.embedding_scale
+        dev = x.device.type
+        if self.autocast_states and torch.is_autocast_enabled(dev):
+            x = x.to(torch.get_autocast_dtype(dev))
         states: dict[str, torch.Tensor] = {}
         for name, how in self.schedule.init.items():
             if how is StateInit.EMBED:

@@ -17,6 +17,7 @@ The speed levers live here, each a `train.*` setting (docs/PERFORMANCE.md has th
 - `bf16_weight_cache` (bf16 on one GPU, without float8): the same two savings for the bf16 block
   projections (train/projections.py): each float32 master weight is cast to bf16 once per
   micro-step instead of at each call, forward and backward.
+- `bf16_states`: the recurrent states (residual stream) in bf16 under autocast instead of float32.
 - `activation_memory_budget` < 1: inductor's partitioner recomputes the cheapest activations in
   the backward until the saved ones fit that fraction (pointwise work first).
 - `recompute_calls` = N: the first N recorded stack calls keep only their input and run again in
@@ -92,6 +93,7 @@ def prepare_model(model: HRMTextLM, t: TrainConfig, device: torch.device) -> Non
         enable_weight_cache(model)
         enable_fused_wgrad(model, t.fused_wgrad)
         log.info("bf16 weight cache on %d block projections (fused weight gradients: %s)", n, t.fused_wgrad)
+    model.model.autocast_states = t.bf16_states and t.dtype == "bf16"
     if t.activation_memory_budget < 1.0:
         import torch._functorch.config as functorch_config  # private knob of the min-cut partitioner
 
