@@ -168,6 +168,36 @@ def _grad_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return num / sum(float(b[n].norm() ** 2) for n in b) ** 0.5
 
 
+def test_bf16_states_keep_the_step_and_save_memory() -> None:
+    """train.bf16_states, compiled as in training: the states are bf16, the step's loss and
+    gradients stay within bf16 rounding of the float32-state step, and the step saves less."""
+    mcfg = model_config("S", vocab_size=4096, n_layers=4)
+    batch = _batch(4096, mcfg.vocab_size, 3).with_loss_index().to("cuda")
+    runs = []
+    for on in (False, True):
+        torch._dynamo.reset()
+        model = _prepared(mcfg, bf16_states=on)
+        assert model.model.autocast_states == on
+        forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)  # compile
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)
+        torch.cuda.synchronize()
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            h = model.hidden(batch.input_ids, batch.position_ids, model.build_mask(batch.doc_ids, batch.is_prefix), 5)
+        assert h.dtype == (torch.bfloat16 if on else torch.float32)
+        runs.append((torch.cuda.max_memory_allocated() - base, out.loss_sum, [p.grad.clone() for p in model.parameters()]))
+        del model
+    (m32, l32, g32), (m16, l16, g16) = runs
+    assert m16 < 0.95 * m32, (m16, m32)
+    assert torch.allclose(l32, l16, rtol=2e-3), (l32, l16)
+    num = sum(float((a - b).float().norm() ** 2) for a, b in zip(g32, g16)) ** 0.5
+    den = sum(float(a.float().norm() ** 2) for a in g32) ** 0.5
+    assert num / den < 3e-2, num / den
+
+
 def _two_steps(mcfg, batch, **opts) -> tuple[float, float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Two compiled micro-steps with the weights changed in place in between (every matrix's rows
     rolled by one, as an optimizer writes: the storage stays where it was): the two losses, the
