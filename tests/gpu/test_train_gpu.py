@@ -118,6 +118,19 @@ def test_compiled_step_matches_eager(recompute_calls: int, multi_kernel: bool) -
     assert num / den < 2e-2, num / den
 
 
+def _measured_step(model: HRMTextLM, batch) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
+    """One compiling micro-step, then a measured one: the bytes it allocated at its peak above the
+    model and gradients' own, its loss and its gradients."""
+    forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)  # compile
+    model.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base, out.loss_sum, [p.grad.clone() for p in model.parameters()]
+
+
 def test_activation_memory_budget_saves_memory_and_keeps_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """train.activation_memory_budget < 1: the compiled blocks save fewer activations (the peak of
     the step drops) and still give the full-memory step's loss and gradients."""
@@ -131,14 +144,7 @@ def test_activation_memory_budget_saves_memory_and_keeps_the_step(monkeypatch: p
         torch._dynamo.reset()  # a fresh compile under this budget
         model = _prepared(mcfg, activation_memory_budget=budget)
         assert functorch_config.activation_memory_budget == budget
-        forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)  # compile
-        model.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)
-        torch.cuda.synchronize()
-        runs.append((torch.cuda.max_memory_allocated() - base, out.loss_sum, [p.grad.clone() for p in model.parameters()]))
+        runs.append(_measured_step(model, batch))
         del model
     (m_full, l_full, g_full), (m_half, l_half, g_half) = runs
     assert m_half < 0.9 * m_full, (m_half, m_full)
@@ -178,17 +184,10 @@ def test_bf16_states_keep_the_step_and_save_memory() -> None:
         torch._dynamo.reset()
         model = _prepared(mcfg, bf16_states=on)
         assert model.model.autocast_states == on
-        forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)  # compile
-        model.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), True)
-        torch.cuda.synchronize()
+        runs.append(_measured_step(model, batch))
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             h = model.hidden(batch.input_ids, batch.position_ids, model.build_mask(batch.doc_ids, batch.is_prefix), 5)
         assert h.dtype == (torch.bfloat16 if on else torch.float32)
-        runs.append((torch.cuda.max_memory_allocated() - base, out.loss_sum, [p.grad.clone() for p in model.parameters()]))
         del model
     (m32, l32, g32), (m16, l16, g16) = runs
     assert m16 < 0.95 * m32, (m16, m32)
