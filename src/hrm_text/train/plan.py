@@ -52,8 +52,9 @@ class Throughput:
 # says which script, machine and date produced it (docs/PERFORMANCE.md has the full runs).
 THROUGHPUT_TABLE: dict[tuple[str, str], Throughput] = {
     ("XL", "H200"): Throughput(
-        21128.2,
-        "measured: benchmarks/train_throughput.py, 1 H200, K=5, 12,288-token rows, bf16, 2026-12-02",
+        22258.0,
+        "measured: benchmarks/train_throughput.py, 1 H200, K=5, 12,288-token rows, bf16 with the "
+        "weight cache, no activation budget (91.2 GB), one run, 2026-12-07",
     ),
     ("XL", "H100"): Throughput(
         21451.5,
@@ -64,8 +65,9 @@ THROUGHPUT_TABLE: dict[tuple[str, str], Throughput] = {
 }
 FP8_THROUGHPUT_TABLE: dict[tuple[str, str], Throughput] = {
     ("XL", "H200"): Throughput(
-        20591.2,
-        "measured: benchmarks/train_throughput.py, 1 H200, K=5, 12,288-token rows, train.fp8 (torchao rowwise), 2026-12-02",
+        25825.6,
+        "measured: benchmarks/train_throughput.py, 1 H200, K=5, 12,288-token rows, train.fp8 with "
+        "train.fp8_recipe=fused_lowmem and the other defaults, 74.1 GB peak, one run, 2026-12-07",
     ),
     ("XL", "H100"): Throughput(
         24826.2,
