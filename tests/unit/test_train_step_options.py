@@ -115,21 +115,19 @@ def test_activation_budget_turns_on_where_the_bf16_step_would_not_fit():
 
 
 def _grads_and_states(model: HRMTextLM, autocast: bool) -> tuple[torch.Tensor, torch.dtype, torch.Tensor]:
-    """Loss, the core's output dtype and every gradient of one response-only step on fixed rows."""
+    """Loss, the core's output dtype and every gradient of one training micro-step (the trainer's
+    `forward_backward`; bf16 autocast or none) on fixed packed rows."""
+    from hrm_text.data.batch import pack_rows
+    from hrm_text.train.step import forward_backward
+
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 512, (2, 96), generator=g)
-    pos = torch.arange(96).expand(2, 96)
-    is_prefix = torch.zeros(2, 96, dtype=torch.bool)
-    is_prefix[:, :32] = True
-    labels = ids.roll(-1, 1).masked_fill(is_prefix, -100)
-    mask = model.build_mask(torch.zeros(2, 96, dtype=torch.long), is_prefix)
+    batch = pack_rows([[(torch.randint(8, 512, (32,), generator=g).tolist(), torch.randint(8, 512, (64,), generator=g).tolist())
+                        for _ in range(2)]], 192).with_loss_index()
     model.zero_grad()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        h = model.hidden(ids, pos, mask, bp_steps=5)
-        logits = model.lm_head(h).float()
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-    loss.backward()
-    return loss.detach(), h.dtype, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    out = forward_backward(model, batch, 5, float(batch.loss_index.numel()), bf16=autocast)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        h = model.hidden(batch.input_ids, batch.position_ids, model.build_mask(batch.doc_ids, batch.is_prefix), 5)
+    return out.loss_sum, h.dtype, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
