@@ -104,6 +104,8 @@ def test_activation_budget_turns_on_where_the_bf16_step_would_not_fit():
 
     note, budget = run(85.5)  # an H100 80GB (81,559 MiB)
     assert budget == 0.8 and "train.activation_memory_budget=0.8" in note and "86 GiB" in note and "80 GiB" in note
+    note, budget = run(85.5, "train.bf16_states=true")  # the estimate knows bf16 states save 3 GB
+    assert budget == 0.8 and "83 GiB" in note
     assert run(150.1) == (None, 1.0)  # an H200 holds it
     assert run(None) == (None, 1.0)  # a CPU
     assert run(85.5, "train.fp8=true") == (None, 1.0)  # float8 fits on its own (74 GB)

@@ -95,7 +95,8 @@ def apply_memory_defaults(cfg: Config, device_bytes: float | None, processes: in
             or explicitly_set(cfg, BUDGET_KEY)):
         return None
     est = memory_per_rank(cfg.model, processes, None, cfg.data.tokens_per_rank,
-                          bp_steps=t.final_bp_steps(cfg.model.arch), device_bytes=device_bytes)
+                          bp_steps=t.final_bp_steps(cfg.model.arch), device_bytes=device_bytes,
+                          bf16_states=t.bf16_states)
     if est.fits:
         return None
     t.activation_memory_budget = FITTING_BUDGET

@@ -134,17 +134,20 @@ class MemoryEstimate:
         return self.total_bytes <= 0.92 * self.device_bytes  # leave room for allocator fragmentation
 
 
-def activation_bytes_per_token_per_layer(cfg: ModelConfig) -> float:
+def activation_bytes_per_token_per_layer(cfg: ModelConfig, bf16_states: bool = False) -> float:
     """What one compiled block saves for backward, per token, under bf16 autocast: bf16 GEMM inputs
     of width h (4), q, k, v, the attention output and the gate (5 inner), gate|up and the down
-    projection's input (3 I); float32 residual sums that feed the post-norms (2 h); the per-row
-    norm and attention statistics are negligible. These are the tensors that saved-tensor hooks
-    find on the compiled block (benchmarks/saved_activations.py; XL width, flex, H100): 64.5 KB per
-    token per layer call by this formula, 74 KB counting whole storages (some are views of larger
-    buffers), and the measured peak grows by about 69 KB per token per recorded layer call between
-    8,192- and 12,288-token rows."""
+    projection's input (3 I); the residual sums that feed the post-norms (2 h), float32 with
+    float32 states; the per-row norm and attention statistics are negligible. These are the tensors
+    that saved-tensor hooks find on the compiled block (benchmarks/saved_activations.py; XL width,
+    flex, H100): 64.5 KB per token per layer call by this formula with float32 states, 74 KB
+    counting whole storages (some are views of larger buffers), and the measured peak grows by
+    about 69 KB per token per recorded layer call between 8,192- and 12,288-token rows.
+    `train.bf16_states` saves 2 h bytes less: XL at 12,288-token rows peaked at
+    88.2 GB instead of 91.2 GB on an H200 (docs/PERFORMANCE.md, 2026-12-07), 3.05 KB per token
+    per recorded layer call, against 2 h = 3.07 KB."""
     h, inner, inter = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size
-    return 2.0 * (4 * h + 5 * inner + 3 * inter) + 4.0 * (2 * h)
+    return 2.0 * (4 * h + 5 * inner + 3 * inter) + 4.0 * (2 * h) - (2.0 * h if bf16_states else 0.0)
 
 
 def sharded_state_bytes(cfg: ModelConfig, gpus: int = 1) -> float:
@@ -154,9 +157,11 @@ def sharded_state_bytes(cfg: ModelConfig, gpus: int = 1) -> float:
 
 
 def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str | None, tokens_per_rank: int, grad_accum_steps: int = 1,
-                    bp_steps: int | None = None, device_bytes: float | None = None) -> MemoryEstimate:
+                    bp_steps: int | None = None, device_bytes: float | None = None,
+                    bf16_states: bool = False) -> MemoryEstimate:
     """Peak memory one rank needs (estimate; see the module docstring for the assumptions), on the
-    datasheet memory of `gpu`, or on `device_bytes` (the memory of the GPU at hand; `gpu` None)."""
+    datasheet memory of `gpu`, or on `device_bytes` (the memory of the GPU at hand; `gpu` None);
+    `bf16_states` as `train.bf16_states`."""
     if device_bytes is None:
         device_bytes = GPUS[_check_gpu(gpu or "")]["memory"]
     params = count_params(cfg)
@@ -168,7 +173,7 @@ def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str | None, tokens_per_ran
     K = TrainConfig().final_bp_steps(cfg.arch) if bp_steps is None else bp_steps  # the paper's steady K
     layers_per_call = max(1, cfg.half_layers if cfg.arch in ("hrm", "trm", "rins") else cfg.n_layers)
     recorded_calls = _recorded_calls(cfg, K)
-    acts = tokens_per_rank * recorded_calls * layers_per_call * activation_bytes_per_token_per_layer(cfg)
+    acts = tokens_per_rank * recorded_calls * layers_per_call * activation_bytes_per_token_per_layer(cfg, bf16_states)
     # one chunk of logits at a time (bf16 GEMM output, float32 softmax and its gradient), freed after
     logits = min(tokens_per_rank, CHUNK_ROWS) * cfg.padded_vocab_size * (2 + 4 + 4)
     total = states + gathered + acts + logits
