@@ -225,8 +225,9 @@ class TrainConfig:
     # hold HRM's states (the residual stream between and inside the stacks) in bf16 under autocast,
     # as transformers' hrm_text run in bf16 does, instead of float32: half the bytes of every
     # residual add and norm input, and of the block inputs saved for backward (model/hrm.py).
-    # XL on an H200: +1.7% bf16, +1.2% float8, 3 GB less; opt-in until its 300-step loss curve has run
-    bf16_states: bool = False
+    # XL on an H200: +1.7% bf16, +1.2% float8, 3 GB less; its 300-step S loss curve stays within
+    # bf16's seed spread (docs/PERFORMANCE.md, 2026-12-07). false: float32 states
+    bf16_states: bool = True
     activation_memory_budget: float = 1.0  # < 1: the compiler recomputes activations to save memory (bf16 XL, 12,288-token rows: 0.8 fits 80 GB at 74 GB, the fastest there; a bf16 GPU run that would not fit sets 0.8 unless this is set)
     recompute_calls: int = 0  # first N recorded stack calls recomputed in backward (checkpointing)
     # FSDP2: free a block's gathered weights after each call (True) or keep them until backward

@@ -52,29 +52,32 @@ class Throughput:
 # says which script, machine and date produced it (docs/PERFORMANCE.md has the full runs).
 THROUGHPUT_TABLE: dict[tuple[str, str], Throughput] = {
     ("XL", "H200"): Throughput(
-        22258.0,
+        22636.0,
         "measured: benchmarks/train_throughput.py, 1 H200, K=5, 12,288-token rows, bf16 with the "
-        "weight cache, no activation budget (91.2 GB), one run, 2026-12-07",
+        "weight cache and bf16 states, no activation budget (88.2 GB), one run, 2026-12-07",
     ),
     ("XL", "H100"): Throughput(
         21451.5,
         "measured: benchmarks/train_throughput.py, 1 H100, K=5, 12,288-token rows, bf16 with the "
         "weight cache and train.activation_memory_budget=0.8 (74.1 GB; without the budget 12,288 "
-        "needs about 94 GB), mean of 4 runs on 4 lent machines (21,211-21,713), 2026-12-07",
+        "needs about 94 GB), float32 states (before train.bf16_states), mean of 4 runs on 4 lent "
+        "machines (21,211-21,713), 2026-12-07",
     ),
 }
 FP8_THROUGHPUT_TABLE: dict[tuple[str, str], Throughput] = {
     ("XL", "H200"): Throughput(
-        25825.6,
+        26132.0,
         "measured: benchmarks/train_throughput.py, 1 H200, K=5, 12,288-token rows, train.fp8 with "
-        "train.fp8_recipe=fused_lowmem and the other defaults, 74.1 GB peak, one run, 2026-12-07",
+        "train.fp8_recipe=fused_lowmem and the other defaults (bf16 states), 71.1 GB peak, one "
+        "run, 2026-12-07",
     ),
     ("XL", "H100"): Throughput(
         24826.2,
         "measured: benchmarks/train_throughput.py, 1 H100, K=5, 12,288-token rows, train.fp8 with "
         "train.fp8_recipe=fused_lowmem, fused weight gradients, the weight cache, the EMA in the "
         "optimizer's pass, the bounds mask and multi-kernel (fits 80 GB without recomputation), "
-        "74.1 GB peak, mean of 5 runs on 4 lent machines (24,737-25,040), 2026-12-07",
+        "float32 states (before train.bf16_states), 74.1 GB peak, mean of 5 runs on 4 lent "
+        "machines (24,737-25,040), 2026-12-07",
     ),
 }
 PAPER_DERIVED = Throughput(
@@ -134,7 +137,7 @@ class MemoryEstimate:
         return self.total_bytes <= 0.92 * self.device_bytes  # leave room for allocator fragmentation
 
 
-def activation_bytes_per_token_per_layer(cfg: ModelConfig, bf16_states: bool = False) -> float:
+def activation_bytes_per_token_per_layer(cfg: ModelConfig, bf16_states: bool = True) -> float:
     """What one compiled block saves for backward, per token, under bf16 autocast: bf16 GEMM inputs
     of width h (4), q, k, v, the attention output and the gate (5 inner), gate|up and the down
     projection's input (3 I); the residual sums that feed the post-norms (2 h), float32 with
@@ -143,7 +146,7 @@ def activation_bytes_per_token_per_layer(cfg: ModelConfig, bf16_states: bool = F
     flex, H100): 64.5 KB per token per layer call by this formula with float32 states, 74 KB
     counting whole storages (some are views of larger buffers), and the measured peak grows by
     about 69 KB per token per recorded layer call between 8,192- and 12,288-token rows.
-    With `train.bf16_states` the block saves 2 h bytes fewer: XL at 12,288-token rows peaked at
+    With `train.bf16_states` (the default) the block saves 2 h bytes fewer: XL at 12,288-token rows peaked at
     88.2 GB instead of 91.2 GB on an H200 (docs/PERFORMANCE.md, 2026-12-07), 3.05 KB per token
     per recorded layer call, against 2 h = 3.07 KB."""
     h, inner, inter = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size
@@ -158,7 +161,7 @@ def sharded_state_bytes(cfg: ModelConfig, gpus: int = 1) -> float:
 
 def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str | None, tokens_per_rank: int, grad_accum_steps: int = 1,
                     bp_steps: int | None = None, device_bytes: float | None = None,
-                    bf16_states: bool = False) -> MemoryEstimate:
+                    bf16_states: bool = True) -> MemoryEstimate:
     """Peak memory one rank needs (estimate; see the module docstring for the assumptions), on the
     datasheet memory of `gpu`, or on `device_bytes` (the memory of the GPU at hand; `gpu` None);
     `bf16_states` as `train.bf16_states`."""

@@ -17,7 +17,7 @@ The speed levers live here, each a `train.*` setting (docs/PERFORMANCE.md has th
 - `bf16_weight_cache` (bf16 on one GPU, without float8): the same two savings for the bf16 block
   projections (train/projections.py): each float32 master weight is cast to bf16 once per
   micro-step instead of at each call, forward and backward.
-- `bf16_states`: the recurrent states (residual stream) in bf16 under autocast instead of float32.
+- `bf16_states` (default on): the recurrent states (residual stream) in bf16 under autocast instead of float32.
 - `activation_memory_budget` < 1: inductor's partitioner recomputes the cheapest activations in
   the backward until the saved ones fit that fraction (pointwise work first).
 - `recompute_calls` = N: the first N recorded stack calls keep only their input and run again in
