@@ -146,9 +146,9 @@ def activation_bytes_per_token_per_layer(cfg: ModelConfig, bf16_states: bool = T
     flex, H100): 64.5 KB per token per layer call by this formula with float32 states, 74 KB
     counting whole storages (some are views of larger buffers), and the measured peak grows by
     about 69 KB per token per recorded layer call between 8,192- and 12,288-token rows.
-    With `train.bf16_states` (the default) the block saves 2 h bytes fewer: XL at 12,288-token rows peaked at
-    88.2 GB instead of 91.2 GB on an H200 (docs/PERFORMANCE.md, 2026-12-07), 3.05 KB per token
-    per recorded layer call, against 2 h = 3.07 KB."""
+    With `train.bf16_states` (the default) the block saves 2 h bytes fewer: XL at 12,288-token
+    rows peaked at 88.2 GB instead of 91.2 GB on an H200 (docs/PERFORMANCE.md, 2026-12-07), 3.05 KB
+    per token per recorded layer call, against 2 h = 3.07 KB."""
     h, inner, inter = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size
     return 2.0 * (4 * h + 5 * inner + 3 * inter) + 4.0 * (2 * h) - (2.0 * h if bf16_states else 0.0)
 
