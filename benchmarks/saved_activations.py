@@ -69,7 +69,7 @@ def main() -> None:
     per = sum(seen.values()) / args.tokens / layer_calls
     print(f"{args.preset} width, {args.tokens} tokens, K={args.K}, compile={args.compile}, bf16={args.bf16}, "
           f"{args.attn_backend} on {dev}: {per:,.0f} bytes per token per recorded layer call "
-          f"(plan's formula: {activation_bytes_per_token_per_layer(cfg):,.0f})")
+          f"(plan's formula: {activation_bytes_per_token_per_layer(cfg, model.model.autocast_states):,.0f})")
     for (shape, dtype), n in sorted(shapes.items(), key=lambda kv: -kv[1]):
         print(f"  {n:4d} x {shape} {dtype}")
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from hrm_text.config import ConfigError, TrainConfig, model_config
+from hrm_text.data.batch import pack_rows
 from hrm_text.model.lm import HRMTextLM
-from hrm_text.train.step import apply_fp8, prepare_model
+from hrm_text.train.step import apply_fp8, forward_backward, prepare_model
 
 
 def _model() -> HRMTextLM:
@@ -119,9 +120,6 @@ def test_activation_budget_turns_on_where_the_bf16_step_would_not_fit():
 def _grads_and_states(model: HRMTextLM, autocast: bool) -> tuple[torch.Tensor, torch.dtype, torch.Tensor]:
     """Loss, the core's output dtype and every gradient of one training micro-step (the trainer's
     `forward_backward`; bf16 autocast or none) on fixed packed rows."""
-    from hrm_text.data.batch import pack_rows
-    from hrm_text.train.step import forward_backward
-
     g = torch.Generator().manual_seed(1)
     batch = pack_rows([[(torch.randint(8, 512, (32,), generator=g).tolist(), torch.randint(8, 512, (64,), generator=g).tolist())
                         for _ in range(2)]], 192).with_loss_index()

@@ -137,7 +137,7 @@ class MemoryEstimate:
         return self.total_bytes <= 0.92 * self.device_bytes  # leave room for allocator fragmentation
 
 
-def activation_bytes_per_token_per_layer(cfg: ModelConfig, bf16_states: bool = True) -> float:
+def activation_bytes_per_token_per_layer(cfg: ModelConfig, bf16_states: bool) -> float:
     """What one compiled block saves for backward, per token, under bf16 autocast: bf16 GEMM inputs
     of width h (4), q, k, v, the attention output and the gate (5 inner), gate|up and the down
     projection's input (3 I); the residual sums that feed the post-norms (2 h), float32 with
@@ -161,10 +161,10 @@ def sharded_state_bytes(cfg: ModelConfig, gpus: int = 1) -> float:
 
 def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str | None, tokens_per_rank: int, grad_accum_steps: int = 1,
                     bp_steps: int | None = None, device_bytes: float | None = None,
-                    bf16_states: bool = True) -> MemoryEstimate:
+                    bf16_states: bool | None = None) -> MemoryEstimate:
     """Peak memory one rank needs (estimate; see the module docstring for the assumptions), on the
     datasheet memory of `gpu`, or on `device_bytes` (the memory of the GPU at hand; `gpu` None);
-    `bf16_states` as `train.bf16_states`."""
+    `bf16_states` as `train.bf16_states` (None: its default)."""
     if device_bytes is None:
         device_bytes = GPUS[_check_gpu(gpu or "")]["memory"]
     params = count_params(cfg)
@@ -176,6 +176,7 @@ def memory_per_rank(cfg: ModelConfig, gpus: int, gpu: str | None, tokens_per_ran
     K = TrainConfig().final_bp_steps(cfg.arch) if bp_steps is None else bp_steps  # the paper's steady K
     layers_per_call = max(1, cfg.half_layers if cfg.arch in ("hrm", "trm", "rins") else cfg.n_layers)
     recorded_calls = _recorded_calls(cfg, K)
+    bf16_states = TrainConfig().bf16_states if bf16_states is None else bf16_states
     acts = tokens_per_rank * recorded_calls * layers_per_call * activation_bytes_per_token_per_layer(cfg, bf16_states)
     # one chunk of logits at a time (bf16 GEMM output, float32 softmax and its gradient), freed after
     logits = min(tokens_per_rank, CHUNK_ROWS) * cfg.padded_vocab_size * (2 + 4 + 4)
