@@ -37,7 +37,8 @@ GPUS: dict[str, dict[str, float]] = {
 assert all(any(k == name for k, _, _ in PEAK_FLOPS_BF16) for name in GPUS)
 
 # train.activation_memory_budget that fits bf16 XL at 12,288-token rows in 80 GB, fastest there: the
-# compiler recomputes element-wise work only (74 GB with the bf16 weight cache, 0.98x the step without it; docs/PERFORMANCE.md)
+# compiler recomputes element-wise work only (71 GB with the bf16 weight cache and bf16 states; 0.9 and 0.95
+# chose the same recomputation there; docs/PERFORMANCE.md)
 FITTING_BUDGET = 0.8
 ESTIMATE_MFU = 0.38  # the paper-derived XL/H100 MFU, used for every entry without a measurement
 
@@ -57,11 +58,10 @@ THROUGHPUT_TABLE: dict[tuple[str, str], Throughput] = {
         "weight cache and bf16 states, no activation budget (88.2 GB), one run, 2026-12-07",
     ),
     ("XL", "H100"): Throughput(
-        21451.5,
+        22024.6,
         "measured: benchmarks/train_throughput.py, 1 H100, K=5, 12,288-token rows, bf16 with the "
-        "weight cache and train.activation_memory_budget=0.8 (74.1 GB; without the budget 12,288 "
-        "needs about 94 GB), float32 states (before train.bf16_states), mean of 4 runs on 4 lent "
-        "machines (21,211-21,713), 2026-12-07",
+        "weight cache, bf16 states and train.activation_memory_budget=0.8 (71.1 GB; without the "
+        "budget 12,288 needs about 88 GB), one run, 2026-12-07 (float32 states: 21,211-21,713)",
     ),
 }
 FP8_THROUGHPUT_TABLE: dict[tuple[str, str], Throughput] = {
@@ -72,12 +72,10 @@ FP8_THROUGHPUT_TABLE: dict[tuple[str, str], Throughput] = {
         "run, 2026-12-07",
     ),
     ("XL", "H100"): Throughput(
-        24826.2,
+        25698.2,
         "measured: benchmarks/train_throughput.py, 1 H100, K=5, 12,288-token rows, train.fp8 with "
-        "train.fp8_recipe=fused_lowmem, fused weight gradients, the weight cache, the EMA in the "
-        "optimizer's pass, the bounds mask and multi-kernel (fits 80 GB without recomputation), "
-        "float32 states (before train.bf16_states), 74.1 GB peak, mean of 5 runs on 4 lent "
-        "machines (24,737-25,040), 2026-12-07",
+        "train.fp8_recipe=fused_lowmem and the other defaults (bf16 states; fits 80 GB without "
+        "recomputation), 71.1 GB peak, one run, 2026-12-07 (float32 states: 24,737-25,040)",
     ),
 }
 PAPER_DERIVED = Throughput(
@@ -271,10 +269,10 @@ def plan(
     mem = memory_per_rank(cfg, gpus, gpu, micro, accum)
     notes = []
     if fp8:
-        notes.append("the memory estimate is bf16's: train.fp8 holds less (XL at 12,288-token rows: 74.1 GB on an H100, measured)")
+        notes.append("the memory estimate is bf16's: train.fp8 holds less (XL at 12,288-token rows: 71.1 GB on an H100, measured)")
     elif not mem.fits:
         notes.append(f"estimated memory (bf16, nothing recomputed) exceeds the device: set train.activation_memory_budget={FITTING_BUDGET} "
-                     "(the compiler recomputes element-wise work; XL at 12,288-token rows: 74 GB on an H100), "
+                     "(the compiler recomputes element-wise work; XL at 12,288-token rows: 71 GB on an H100), "
                      "lower data.tokens_per_rank (more accumulation) or use more GPUs")
     if (preset, gpu) not in (FP8_THROUGHPUT_TABLE if fp8 else THROUGHPUT_TABLE):
         notes.append("throughput is an estimate, not a measurement: run benchmarks/ and add the result to THROUGHPUT_TABLE")
