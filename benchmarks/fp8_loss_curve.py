@@ -22,7 +22,8 @@ anything about float8. At lr 3e-4 the runs reach a lower loss and agree far bett
 runs. `--bf16-replica OLD.json` (an earlier report of the same setup) adds bf16 against its own
 earlier curves, seed means against seed means: on the lent H100s that gap alone reached 1.6% at
 one logged step (docs/PERFORMANCE.md), the floor under which no float8 difference can be resolved.
-`--parallel N` trains N runs at once on the one GPU (losses do not depend on it).
+`--parallel N` trains N runs at once on the one GPU (losses do not depend on it); a run that runs
+out of GPU memory beside the others is trained again alone after them.
 Writes OUT/fp8_loss_curve.json (after every finished run) and OUT/fp8_loss_curve.png.
 """
 
@@ -33,6 +34,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -163,6 +165,32 @@ def plot(runs: dict[str, dict[int, Curve]], tol: float, title: str, path: Path) 
     fig.savefig(path, dpi=120)
 
 
+def train_runs(jobs: list[tuple[str, int]], parallel: int, start: Callable[[str, int], subprocess.Popen[str]],
+               ) -> Iterator[tuple[str, int, int, str, float]]:
+    """Run the (variant, seed) jobs, `parallel` at a time, in order; yield (variant, seed, return
+    code, stderr, wall s) as each ends. A run that ran out of GPU memory beside other runs is run
+    once more, alone, after all the others (its curve does not depend on its neighbours); only
+    that second try is yielded."""
+    pending = list(jobs)
+    alone: list[tuple[str, int]] = []
+    retried: set[tuple[str, int]] = set()
+    running: list[tuple[str, int, subprocess.Popen[str], float]] = []
+    while pending or running or alone:
+        if not pending and not running:
+            pending.append(alone.pop(0))
+        while pending and len(running) < parallel:
+            name, seed = pending.pop(0)
+            running.append((name, seed, start(name, seed), time.time()))
+        name, seed, p, t0 = running.pop(0)
+        _, err = p.communicate()
+        if p.returncode != 0 and parallel > 1 and (name, seed) not in retried and "out of memory" in err.lower():
+            print(f"{name} seed {seed}: out of GPU memory beside other runs; it runs again alone at the end", file=sys.stderr)
+            retried.add((name, seed))
+            alone.append((name, seed))
+            continue
+        yield name, seed, p.returncode, err, time.time() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="folder with sampled/ and tokenizer/")
@@ -197,22 +225,17 @@ def main() -> None:
     report: dict[str, object] = {"date": time.strftime("%Y-%m-%d"), "preset": args.preset, "steps": args.steps,
                                  "lr": args.lr, "tokens": args.tokens, "tol": args.tol, "skip": args.skip,
                                  "variants": variants, "seeds": args.seeds}
+    def start(name: str, seed: int) -> subprocess.Popen[str]:
+        cmd = [sys.executable, "-m", "hrm_text.cli", "train", *common, f"train.seed={seed}", *variants[name],
+               f"train.out_dir={Path(args.runs) / f'{name}_s{seed}'}", "--max-steps", str(args.steps), "--resume", "none"]
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
     # seed-major order: a run cut short still leaves whole seeds to compare
-    pending = [(name, seed) for seed in range(args.seeds) for name in variants]
-    running: list[tuple[str, int, subprocess.Popen[str], float]] = []
+    jobs = [(name, seed) for seed in range(args.seeds) for name in variants]
     runs: dict[str, dict[int, Curve]] = {name: {} for name in variants}
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            name, seed = pending.pop(0)
-            run_dir = Path(args.runs) / f"{name}_s{seed}"
-            cmd = [sys.executable, "-m", "hrm_text.cli", "train", *common, f"train.seed={seed}", *variants[name],
-                   f"train.out_dir={run_dir}", "--max-steps", str(args.steps), "--resume", "none"]
-            running.append((name, seed, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
-                            time.time()))
-        name, seed, p, t0 = running.pop(0)
-        _, err = p.communicate()
-        report[f"{name}_s{seed}_wall_s"] = round(time.time() - t0, 1)
-        if p.returncode != 0:
+    for name, seed, returncode, err, wall in train_runs(jobs, args.parallel, start):
+        report[f"{name}_s{seed}_wall_s"] = round(wall, 1)
+        if returncode != 0:
             report[f"{name}_s{seed}_error"] = err[-3000:]
             print(f"{name} seed {seed}: {err[-3000:]}", file=sys.stderr)
             continue

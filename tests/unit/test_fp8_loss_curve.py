@@ -77,3 +77,37 @@ def test_bf16_replica_gap_is_reported_beside_the_literal_check(tmp_path):
     path.write_text("{}")
     with pytest.raises(SystemExit, match="not a report of this script"):
         flc.read_curves(path)
+
+
+class FakeRun:
+    """A finished training process as `train_runs` sees it."""
+
+    def __init__(self, live: set, key: tuple[str, int], returncode: int, err: str) -> None:
+        self.live, self.key, self.returncode, self.err = live, key, returncode, err
+
+    def communicate(self) -> tuple[str, str]:
+        self.live.discard(self.key)
+        return "", self.err
+
+
+def test_a_run_out_of_memory_beside_others_runs_again_alone_and_other_errors_do_not():
+    live: set = set()
+    starts: list[tuple[tuple[str, int], int]] = []  # (job, runs already on the GPU when it started)
+    fails = {("fp8", 0): ["error: out of memory on NVIDIA H100 80GB HBM3", ""], ("bf16", 1): ["KeyError: boom"]}
+
+    def start(name: str, seed: int) -> FakeRun:
+        key = (name, seed)
+        starts.append((key, len(live)))
+        live.add(key)
+        err = fails.get(key, [""]).pop(0) if fails.get(key) else ""
+        return FakeRun(live, key, 1 if err else 0, err)
+
+    jobs = [(n, s) for s in range(2) for n in ("bf16", "fp8")]
+    ended = list(flc.train_runs(jobs, 3, start))
+    assert [(n, s, rc) for n, s, rc, _err, _wall in ended] == [("bf16", 0, 0), ("bf16", 1, 1), ("fp8", 1, 0), ("fp8", 0, 0)]
+    assert starts[-1] == (("fp8", 0), 0)  # the second try had the GPU to itself
+    assert [k for k, _ in starts].count(("fp8", 0)) == 2 and [k for k, _ in starts].count(("bf16", 1)) == 1
+    # one at a time, nothing is retried: an out-of-memory run is not a neighbour's fault there
+    fails[("fp8", 0)] = ["error: out of memory on NVIDIA H100 80GB HBM3"]
+    ended = list(flc.train_runs([("fp8", 0)], 1, start))
+    assert [(n, s, rc) for n, s, rc, _err, _wall in ended] == [("fp8", 0, 1)]

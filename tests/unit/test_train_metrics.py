@@ -77,6 +77,22 @@ def test_resume_continues_clock_and_truncates_replayed_steps(tmp_path):
     assert [r["step"] for r in read(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
+def test_a_fresh_run_sets_an_earlier_runs_metrics_aside(tmp_path, caplog):
+    def run(losses: list[float]) -> None:
+        with MetricsLogger(tmp_path, total_steps=5, price_per_gpu_hour=1.0, num_gpus=1, peak_flops=1.0,
+                           tensorboard=False, progress=False) as lg:
+            for s, loss in enumerate(losses, 1):
+                lg.log_train(s, loss=loss, accuracy=0.0, tokens=1, flops=1, dt=1.0)
+
+    run([9.0, 8.0, 7.0])  # e.g. a run that died before its first checkpoint
+    run([5.0, 4.0])
+    assert "kept as metrics.jsonl.1" in caplog.text
+    run([3.0])
+    assert [r["train/loss"] for r in read(tmp_path / "metrics.jsonl")] == [3.0]
+    assert [r["train/loss"] for r in read(tmp_path / "metrics.jsonl.1")] == [9.0, 8.0, 7.0]
+    assert [r["train/loss"] for r in read(tmp_path / "metrics.jsonl.2")] == [5.0, 4.0]
+
+
 def test_non_main_rank_writes_nothing(tmp_path):
     lg = MetricsLogger(tmp_path / "x", total_steps=5, price_per_gpu_hour=1.0, num_gpus=2, peak_flops=1.0, is_main=False)
     lg.log_train(1, loss=1.0, accuracy=1.0, tokens=1, flops=1, dt=1.0)

@@ -131,6 +131,14 @@ def _truncate_after(path: Path, step: int) -> None:
     path.write_text("".join(k + "\n" for k in kept))
 
 
+def _set_aside(path: Path) -> Path:
+    """Rename `path` to the first free `NAME.1`, `NAME.2`, ... and return the new path."""
+    n = 1
+    while path.with_name(f"{path.name}.{n}").exists():
+        n += 1
+    return path.rename(path.with_name(f"{path.name}.{n}"))
+
+
 class MetricsLogger:
     """One sink for every metric of a run; only the main rank writes (others get a silent logger).
 
@@ -186,6 +194,12 @@ class MetricsLogger:
         jsonl = self.out_dir / "metrics.jsonl"
         if start_step > 0 and jsonl.is_file():
             _truncate_after(jsonl, start_step)  # a resumed run replays steps after its checkpoint
+        elif jsonl.is_file() and jsonl.stat().st_size > 0:
+            # a fresh run where an earlier one logged (say, one that died before its first
+            # checkpoint): appending would mix two runs' steps, so the earlier records move aside
+            kept = _set_aside(jsonl)
+            log.warning("%s held an earlier run's metrics; this run starts from step 0, so they are kept as %s",
+                        jsonl, kept.name)
         self._jsonl = open(jsonl, "a", buffering=1)
         if tensorboard:
             try:
