@@ -225,6 +225,7 @@ def main() -> None:
     report: dict[str, object] = {"date": time.strftime("%Y-%m-%d"), "preset": args.preset, "steps": args.steps,
                                  "lr": args.lr, "tokens": args.tokens, "tol": args.tol, "skip": args.skip,
                                  "variants": variants, "seeds": args.seeds}
+
     def start(name: str, seed: int) -> subprocess.Popen[str]:
         cmd = [sys.executable, "-m", "hrm_text.cli", "train", *common, f"train.seed={seed}", *variants[name],
                f"train.out_dir={Path(args.runs) / f'{name}_s{seed}'}", "--max-steps", str(args.steps), "--resume", "none"]

@@ -99,7 +99,7 @@ def test_a_run_out_of_memory_beside_others_runs_again_alone_and_other_errors_do_
         key = (name, seed)
         starts.append((key, len(live)))
         live.add(key)
-        err = fails.get(key, [""]).pop(0) if fails.get(key) else ""
+        err = fails[key].pop(0) if fails.get(key) else ""
         return FakeRun(live, key, 1 if err else 0, err)
 
     jobs = [(n, s) for s in range(2) for n in ("bf16", "fp8")]
