@@ -228,7 +228,7 @@ class TrainConfig:
     # XL on an H200: +1.7% bf16, +1.2% float8, 3 GB less; its 300-step S loss curve stays within
     # bf16's seed spread (docs/PERFORMANCE.md, 2026-12-07). false: float32 states
     bf16_states: bool = True
-    activation_memory_budget: float = 1.0  # < 1: the compiler recomputes activations to save memory (bf16 XL, 12,288-token rows: 0.8 fits 80 GB at 74 GB, the fastest there; a bf16 GPU run that would not fit sets 0.8 unless this is set)
+    activation_memory_budget: float = 1.0  # < 1: the compiler recomputes activations to save memory (bf16 XL, 12,288-token rows: 0.8 fits 80 GB at 71 GB, the fastest there; a bf16 GPU run that would not fit sets 0.8 unless this is set)
     recompute_calls: int = 0  # first N recorded stack calls recomputed in backward (checkpointing)
     # FSDP2: free a block's gathered weights after each call (True) or keep them until backward
     # (False: fewer all-gathers, since HRM calls each block several times per step; more memory)

@@ -469,11 +469,11 @@ def memory_settings(cfg: Config, cuda: bool, float8: bool) -> list[tuple[str, st
     t, rows = cfg.train, cfg.data.tokens_per_rank
     out = []
     if float8 and not t.fp8:
-        out.append(("train.fp8=true", "float8 projections on H100/H200-class GPUs (XL at 12,288-token rows: 74 GB)"))
+        out.append(("train.fp8=true", "float8 projections on H100/H200-class GPUs (XL at 12,288-token rows: 71 GB)"))
     if cuda and t.compile and t.activation_memory_budget > 0.5:  # read when the blocks compile (CUDA only)
         lower = FITTING_BUDGET if t.activation_memory_budget > FITTING_BUDGET else 0.5
         out.append((f"train.activation_memory_budget={lower}",
-                    "the compiler recomputes cheap activations in backward (bf16 XL at 12,288-token rows: 0.8 74 GB, 0.5 48 GB)"))
+                    "the compiler recomputes cheap activations in backward (bf16 XL at 12,288-token rows: 0.8 71 GB; 0.5 48 GB with float32 states)"))
     if t.recompute_calls < t.bp_max_steps:  # at most every recorded call
         out.append((f"train.recompute_calls={t.recompute_calls + 1}", "one more recorded stack call recomputed in backward (about 10 GB less at XL)"))
     if rows >= 1024:
